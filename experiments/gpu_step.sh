@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# GPU check of the model-step benchmark (issue #2's targets): each network at the paper preset,
+# 2x4x128^3, in every mode including torch.compile, side by side; then one table with each mode's
+# share of this card's measured dense bf16 matmul rate.
+# Usage, from the repository root on a machine with one CUDA GPU: bash experiments/gpu_step.sh [OUT_DIR]
+set -euo pipefail
+out=${1:-outputs/benchmark}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+
+peak=$(python - <<'PY'
+import time
+import torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+b = torch.randn_like(a)
+for _ in range(3):
+    a @ b
+torch.cuda.synchronize()
+start = time.perf_counter()
+for _ in range(10):
+    a @ b
+torch.cuda.synchronize()
+print(f"{10 * 2 * 8192**3 / (time.perf_counter() - start) / 1e12:.0f}")
+PY
+)
+for model in arunet3d linknet3d pspnet3d; do
+  python experiments/benchmark.py step --model "$model" --preset paper --patch 128 --batch 2 --compile \
+    --device cuda --jsonl "$out/step.jsonl"
+done
+echo "dense bf16 matmul (8192^3) on this card: $peak TFLOP/s"
+python experiments/benchmark.py report "$out/step.jsonl" --peak-tflops "$peak"

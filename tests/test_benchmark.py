@@ -1,0 +1,89 @@
+"""End-to-end tests of experiments/benchmark.py, run as a subprocess on tiny CPU inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARK = REPO / "experiments" / "benchmark.py"
+# the subprocesses find tumorseg whether or not it is installed
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+
+# Independent FLOP count: a convolution's backward costs twice its forward (input and weight
+# gradients), except for the first one, whose input needs no gradient.
+EXPECTED_FLOPS = """
+import json, sys
+from torch import nn
+from tumorseg.models import build_model
+from tumorseg.models.summary import forward_flops
+flops = {}
+for name, patch in json.loads(sys.argv[1]):
+    shape = (1, 4, patch, patch, patch)
+    model = build_model(name, "light")
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv3d))
+    flops[name] = 3 * forward_flops(model, shape) - forward_flops(first_conv, shape)
+print(json.dumps(flops))
+"""
+CASES = [("arunet3d", 16, None), ("linknet3d", 64, ["fp32"])]  # (model, patch, --modes); None: the defaults
+DEFAULT_MODES = ["fp32", "bf16", "bf16-cl"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def benchmark(tmp_path: Path, *args: str) -> list[dict]:
+    jsonl = tmp_path / "out" / "step.jsonl"
+    tiny = "--device cpu --batch 1 --steps 2 --warmup 1".split()
+    result = run(str(BENCHMARK), "step", *tiny, "--jsonl", str(jsonl), *args)
+    assert result.returncode == 0, result.stderr
+    assert "ms/step" in result.stdout  # the table
+    return [json.loads(line) for line in jsonl.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def expected_step_flops() -> dict[str, int]:
+    result = run("-c", EXPECTED_FLOPS, json.dumps([(name, patch) for name, patch, _ in CASES]))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(("name", "patch", "modes"), CASES)
+def test_step(tmp_path, expected_step_flops, name, patch, modes):
+    mode_args = ["--modes", *modes] if modes else []
+    records = benchmark(tmp_path, "--model", name, "--preset", "light", "--patch", str(patch), *mode_args)
+    assert [r["mode"] for r in records] == (modes or DEFAULT_MODES)
+    for r in records:
+        assert r["error"] is None
+        assert (r["model"], r["preset"], r["batch"], r["patch"]) == (name, "light", 1, patch)
+        assert (r["in_channels"], r["out_channels"], r["device"]) == (4, 3, "cpu")
+        for key in ("ms", "patches_per_s", "mvox_per_s", "tflop_per_s", "peak_mem_gib", "speedup_vs_fp32"):
+            assert math.isfinite(r[key]) and r[key] > 0, key
+        assert r["patches_per_s"] == pytest.approx(1e3 / r["ms"])
+        assert r["tflop_per_step"] * 1e12 == pytest.approx(expected_step_flops[name], rel=1e-9)
+    assert records[0]["speedup_vs_fp32"] == 1.0
+
+    report = run(str(BENCHMARK), "report", str(tmp_path / "out" / "step.jsonl"), "--peak-tflops", "1")
+    assert report.returncode == 0, report.stderr
+    assert name in report.stdout and "% of peak" in report.stdout
+    assert all(mode in report.stdout for mode in (modes or DEFAULT_MODES))
+
+
+def test_report_rejects_foreign_files(tmp_path):
+    bad = tmp_path / "notes.jsonl"
+    bad.write_text("{}\nnot json\n")
+    result = run(str(BENCHMARK), "report", str(bad))
+    assert result.returncode != 0 and "notes.jsonl, line 2 is not JSON" in result.stderr
+
+
+def test_patch_too_small():
+    result = run(str(BENCHMARK), "step", "--model", "linknet3d", "--patch", "32", "--device", "cpu")
+    assert result.returncode != 0
+    assert "--patch" in result.stderr and "64" in result.stderr
