@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import SegmentationNetwork, check_common, check_features, init_weights, make_act, make_norm
+from .layers import SegmentationNetwork, check_common, check_int_sequence, init_weights, make_act, make_norm
 
 
 class PreActResBlock(nn.Module):
@@ -102,7 +102,7 @@ class ARUNet3D(SegmentationNetwork):
     ):
         super().__init__()
         check_common(in_channels, out_channels, norm, act, dropout, norm_groups)
-        feats = check_features(features, min_length=2)
+        feats = check_int_sequence("features", features, min_length=2)
         self.in_channels, self.out_channels, self.features = in_channels, out_channels, feats
         self.stride = 2 ** (len(feats) - 1)
         kw = dict(norm=norm, act=act, dropout=dropout, norm_groups=norm_groups)

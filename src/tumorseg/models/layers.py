@@ -20,19 +20,19 @@ def check_positive_int(name: str, value: object) -> int:
     return value
 
 
-def check_features(value: object, length: int | None = None, min_length: int = 1) -> tuple[int, ...]:
-    """Validate a width tuple such as ``features=(16, 32, 64, 128)``."""
+def check_int_sequence(name: str, value: object, length: int | None = None, min_length: int = 1) -> tuple[int, ...]:
+    """Validate a tuple of positive integers such as ``features=(16, 32, 64, 128)``."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"`features` must be a sequence of positive integers, got {value!r}.")
-    feats = tuple(value)
-    if length is not None and len(feats) != length:
-        raise ValueError(f"`features` must have exactly {length} entries, got {len(feats)}: {feats!r}.")
-    if len(feats) < min_length:
-        raise ValueError(f"`features` must have at least {min_length} entries, got {len(feats)}: {feats!r}.")
-    for f in feats:
-        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
-            raise ValueError(f"`features` entries must be positive integers, got {feats!r}.")
-    return feats
+        raise ValueError(f"`{name}` must be a sequence of positive integers, got {value!r}.")
+    values = tuple(value)
+    if length is not None and len(values) != length:
+        raise ValueError(f"`{name}` must have exactly {length} entries, got {len(values)}: {values!r}.")
+    if len(values) < min_length:
+        raise ValueError(f"`{name}` must have at least {min_length} entries, got {len(values)}: {values!r}.")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"`{name}` entries must be positive integers, got {values!r}.")
+    return values
 
 
 def check_common(in_channels, out_channels, norm, act, dropout, norm_groups) -> None:

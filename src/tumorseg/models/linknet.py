@@ -10,8 +10,7 @@ from torch import nn
 from .layers import (
     SegmentationNetwork,
     check_common,
-    check_features,
-    check_positive_int,
+    check_int_sequence,
     init_weights,
     make_act,
     make_norm,
@@ -25,6 +24,14 @@ def conv_norm_act(in_ch, out_ch, kernel, *, norm, act, norm_groups, stride=1, pa
         nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
         make_norm(norm, out_ch, norm_groups),
         make_act(act),
+    )
+
+
+def resnet_stem(in_ch, out_ch, *, norm, act, norm_groups):
+    """ResNet's stem: 7x7x7 stride-2 convolution and 3x3x3 stride-2 max-pool (output stride 4)."""
+    return nn.Sequential(
+        conv_norm_act(in_ch, out_ch, 7, stride=2, norm=norm, act=act, norm_groups=norm_groups),
+        nn.MaxPool3d(3, stride=2, padding=1),
     )
 
 
@@ -121,17 +128,12 @@ class LinkNet3D(SegmentationNetwork):
     ):
         super().__init__()
         check_common(in_channels, out_channels, norm, act, dropout, norm_groups)
-        feats = check_features(features, length=4)
-        if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or len(blocks) != 4:
-            raise ValueError(f"`blocks` must be 4 positive integers (blocks per encoder stage), got {blocks!r}.")
-        for b in blocks:
-            check_positive_int("blocks", b)
+        feats = check_int_sequence("features", features, length=4)
+        blocks = check_int_sequence("blocks", blocks, length=4)
         self.in_channels, self.out_channels, self.features = in_channels, out_channels, feats
         kw = dict(norm=norm, act=act, norm_groups=norm_groups)
 
-        self.stem = nn.Sequential(
-            conv_norm_act(in_channels, feats[0], 7, stride=2, **kw), nn.MaxPool3d(3, stride=2, padding=1)
-        )
+        self.stem = resnet_stem(in_channels, feats[0], **kw)
         self.encoder = nn.ModuleList()
         prev = feats[0]
         for i, (width, n) in enumerate(zip(feats, blocks)):

@@ -11,13 +11,12 @@ from torch import nn
 from .layers import (
     SegmentationNetwork,
     check_common,
-    check_features,
-    check_positive_int,
+    check_int_sequence,
     init_weights,
     make_act,
     make_norm,
 )
-from .linknet import conv_norm_act
+from .linknet import conv_norm_act, resnet_stem
 
 
 class Bottleneck(nn.Module):
@@ -124,24 +123,16 @@ class PSPNet3D(SegmentationNetwork):
     ):
         super().__init__()
         check_common(in_channels, out_channels, norm, act, dropout, norm_groups)
-        feats = check_features(features, length=4)
-        if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence) or len(blocks) != 4:
-            raise ValueError(f"`blocks` must be 4 positive integers (bottlenecks per stage), got {blocks!r}.")
-        for b in blocks:
-            check_positive_int("blocks", b)
-        if isinstance(bins, (str, bytes)) or not isinstance(bins, Sequence) or len(bins) == 0:
-            raise ValueError(f"`bins` must be a non-empty sequence of positive integers, got {bins!r}.")
-        for b in bins:
-            check_positive_int("bins", b)
+        feats = check_int_sequence("features", features, length=4)
+        blocks = check_int_sequence("blocks", blocks, length=4)
+        bins = check_int_sequence("bins", bins)
         if not isinstance(aux_head, bool):
             raise ValueError(f"`aux_head` must be True or False, got {aux_head!r}.")
         self.in_channels, self.out_channels, self.features = in_channels, out_channels, feats
         self.aux_head = aux_head
         kw = dict(norm=norm, act=act, norm_groups=norm_groups)
 
-        self.stem = nn.Sequential(
-            conv_norm_act(in_channels, feats[0], 7, stride=2, **kw), nn.MaxPool3d(3, stride=2, padding=1)
-        )
+        self.stem = resnet_stem(in_channels, feats[0], **kw)
         # (stride, dilation) per stage; as torchvision's replace_stride_with_dilation, the first
         # block of a dilated stage keeps the previous stage's dilation
         schedule = ((1, 1), (2, 1), (1, 2), (1, 4))
