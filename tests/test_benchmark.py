@@ -87,3 +87,23 @@ def test_patch_too_small():
     result = run(str(BENCHMARK), "step", "--model", "linknet3d", "--patch", "32", "--device", "cpu")
     assert result.returncode != 0
     assert "--patch" in result.stderr and "64" in result.stderr
+
+
+def test_data(tmp_path):
+    from tumorseg.data.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "phantoms", 2, seed=1, shape=(48, 40, 32), progress=False)
+    jsonl = tmp_path / "data.jsonl"
+    args = f"--root {tmp_path / 'phantoms'} --work-dir {tmp_path / 'work'} --cases 2 --patch 16 --batch 2"
+    args += " --samples-per-volume 2 --step-model arunet3d --step-preset light --step-mode fp32 --workers 2"
+    result = run(str(BENCHMARK), "data", *args.split(), "--device", "cpu", "--jsonl", str(jsonl))
+    assert result.returncode == 0, result.stderr
+    records = {(r["measure"], r.get("pipeline")): r for r in map(json.loads, jsonl.read_text().splitlines())}
+    naive = records[("cpu_s_per_patch", "naive TorchIO (no RandomBiasField)")]["value"]
+    ours = records[("cpu_s_per_patch", "tumorseg cache + queue")]["value"]
+    assert naive > 0 and ours > 0
+    assert records[("speedup", None)]["value"] == pytest.approx(naive / ours)
+    assert records[("augmentation_ms", None)]["value"] > 0 and records[("step_ms", None)]["value"] > 0
+    memory = records[("loader_peak_gib", None)]
+    assert memory["peak_gib"] >= memory["baseline_gib"] > 0 and memory["patches"] == 4
+    assert "speed-up of the cache over naive" in result.stdout

@@ -1,5 +1,28 @@
-"""BraTS/MSD readers, dataset checks, synthetic phantoms, the preprocessing cache and the datamodule."""
+"""BraTS/MSD readers, dataset checks, synthetic phantoms, the preprocessing cache and the datamodule.
+
+Heavy modules (the datamodule pulls in Lightning and TorchIO) are imported where they are used:
+``from tumorseg.data.datamodule import BratsDataModule``.
+"""
 
 from .labels import CLASSES, CONVENTIONS, MODALITIES, REGIONS, from_internal, to_internal, to_regions
+from .layouts import LAYOUTS, Case, CaseError, DatasetError, Discovery, Problem, Volume, check_case, discover, load_case
 
-__all__ = ["CLASSES", "CONVENTIONS", "MODALITIES", "REGIONS", "from_internal", "to_internal", "to_regions"]
+__all__ = [
+    "CLASSES",
+    "CONVENTIONS",
+    "LAYOUTS",
+    "MODALITIES",
+    "REGIONS",
+    "Case",
+    "CaseError",
+    "DatasetError",
+    "Discovery",
+    "Problem",
+    "Volume",
+    "check_case",
+    "discover",
+    "from_internal",
+    "load_case",
+    "to_internal",
+    "to_regions",
+]

@@ -1,0 +1,50 @@
+"""Command line of ``tumorseg.data``.
+
+python -m tumorseg.data check ROOT [--no-labels] [--layout NAME] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import check
+from .layouts import LAYOUTS
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit status."""
+    # the CPUs this process may use, which in a container can be fewer than the machine has
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser = argparse.ArgumentParser(prog="python -m tumorseg.data", description="BraTS/MSD dataset tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_parser = commands.add_parser(
+        "check",
+        help="read every case of a dataset and report all problems",
+        description="Read every case under ROOT once and report the layout, shapes, spacings, label values and "
+        "every problem found. Exit status: 0 no problem, 1 problems, 2 ROOT unusable. Files are only read.",
+    )
+    check_parser.add_argument("root", type=Path, help="dataset folder (case folders up to 2 levels below) or one case")
+    check_parser.add_argument("--no-labels", action="store_true", help="accept cases without a label file")
+    check_parser.add_argument("--layout", choices=LAYOUTS, help="read the files as this layout instead of detecting it")
+    check_parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=min(4, cpus),
+        help=f"processes reading cases in parallel (default: {min(4, cpus)})",
+    )
+    args = parser.parse_args(argv)
+    return check.run(args.root, require_labels=not args.no_labels, layout=args.layout, workers=args.workers)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

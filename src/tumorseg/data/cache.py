@@ -1,0 +1,337 @@
+"""Preprocessing cache: every case cropped, normalised and stored once, memory-mappable.
+
+Each case is read once (``layouts.check_case``, which also finds its problems), cropped to the
+bounding box of the brain (voxels non-zero in any modality: BraTS images are skull-stripped with a
+zero background), optionally resampled, z-scored per modality over brain voxels (background 0),
+and stored uncompressed as ``.npy`` files that training opens with ``np.load(mmap_mode="c")``:
+
+    <cache_dir>/<settings key>/<case_id>/image.npy        float16 (4, x, y, z)
+                                        /label.npy        uint8 (x, y, z), internal classes
+                                        /foreground.npy   int16 (n, 3), tumour voxels for the sampler
+                                        /meta.json        geometry, crop box, sources, fingerprint
+
+The settings key hashes the preprocessing settings (and this module's format version); each entry
+records a fingerprint of its source files (path, size, modification time), so a changed source
+or changed settings rebuild the entry and nothing else. Entries are written to a temporary folder
+renamed into place once complete, and ``meta.json`` is written last: a killed build never leaves
+an entry that is later trusted, and concurrent builders (DDP ranks, nodes sharing a file system)
+cannot corrupt each other. float16 keeps z-scores to about 3 significant digits, far below MRI
+noise, and halves the I/O per patch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .layouts import Case, Discovery, Problem, Volume, check_case
+
+FORMAT_VERSION = 1
+MAX_FOREGROUND = 20_000  # tumour voxel coordinates kept per case for foreground sampling
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing settings; every field is part of the cache key.
+
+    Args:
+        spacing: resample to this voxel size in mm, or None to keep the source spacing (BraTS is
+            already 1 mm isotropic). Defaults to None.
+        margin: voxels of background kept around the brain's bounding box. Defaults to 0.
+        dtype: storage type of the normalised images, ``"float16"`` or ``"float32"``.
+            Defaults to ``"float16"``.
+    """
+
+    spacing: tuple[float, float, float] | None = None
+    margin: int = 0
+    dtype: str = "float16"
+
+    def __post_init__(self):
+        if self.spacing is not None:
+            spacing = tuple(float(s) for s in self.spacing)
+            if len(spacing) != 3 or min(spacing) <= 0:
+                raise ValueError(f"`spacing` must be 3 positive voxel sizes in mm or None, got {self.spacing!r}.")
+            object.__setattr__(self, "spacing", spacing)
+        if isinstance(self.margin, bool) or not isinstance(self.margin, int) or self.margin < 0:
+            raise ValueError(f"`margin` must be a non-negative integer, got {self.margin!r}.")
+        if self.dtype not in ("float16", "float32"):
+            raise ValueError(f"`dtype` must be 'float16' or 'float32', got {self.dtype!r}.")
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "version": FORMAT_VERSION}, sort_keys=True)
+        return f"v{FORMAT_VERSION}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+
+
+@dataclass
+class CacheEntry:
+    """One preprocessed case in the cache."""
+
+    case_id: str
+    path: Path
+    meta: dict
+
+    @property
+    def image_path(self) -> Path:
+        return self.path / "image.npy"
+
+    @property
+    def label_path(self) -> Path | None:
+        return self.path / "label.npy" if self.meta["has_label"] else None
+
+    @property
+    def foreground_path(self) -> Path:
+        return self.path / "foreground.npy"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["stored_shape"])
+
+    def load(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """The stored image (and label): copy-on-write memory maps, or arrays in memory."""
+        mode = "c" if mmap else None
+        label = np.load(self.label_path, mmap_mode=mode) if self.label_path else None
+        return np.load(self.image_path, mmap_mode=mode), label
+
+
+@dataclass
+class Cache:
+    """The entries of a built cache, and the problems of the cases that could not be cached."""
+
+    root: Path
+    entries: list[CacheEntry]
+    problems: list[Problem] = field(default_factory=list)
+    built: int = 0
+    reused: int = 0
+
+
+def fingerprint(case: Case) -> str:
+    """Hash of the case's source files (resolved path, size, modification time) and layout."""
+    h = hashlib.sha1(case.layout.encode())
+    for path in case.files:
+        st = Path(path).stat()
+        h.update(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def brain_bbox(image: np.ndarray, margin: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Bounding box (start, stop) of the voxels non-zero in any channel, grown by ``margin``."""
+    mask = np.any(image != 0, axis=0)
+    start, stop = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        start.append(max(int(hits[0]) - margin, 0))
+        stop.append(min(int(hits[-1]) + 1 + margin, mask.shape[axis]))
+    return tuple(start), tuple(stop)
+
+
+def _resample(array: np.ndarray, shape: tuple[int, int, int], label: bool) -> np.ndarray:
+    """Resample (x, y, z) or (c, x, y, z) to ``shape``: trilinear, or nearest for label maps."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).float()
+    single = tensor.ndim == 3
+    tensor = tensor[None, None] if single else tensor[None]
+    if label:
+        out = F.interpolate(tensor, size=shape, mode="nearest-exact")
+    else:
+        out = F.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)
+    out = out[0, 0] if single else out[0]
+    return out.numpy().astype(array.dtype if label else np.float32)
+
+
+def preprocess(volume: Volume, config: PreprocessConfig, case_id: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Crop, resample and normalise one case; returns (image, label, geometry for ``meta.json``)."""
+    start, stop = brain_bbox(volume.image, config.margin)
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    image = volume.image[(slice(None), *box)].astype(np.float32)
+    label = None if volume.label is None else volume.label[box]
+    cropped_shape = image.shape[1:]
+
+    spacing = tuple(float(s) for s in volume.spacing)
+    if config.spacing is not None and not np.allclose(spacing, config.spacing, atol=1e-3):
+        shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(cropped_shape, spacing, config.spacing))
+        image = _resample(image, shape, label=False)
+        label = None if label is None else _resample(label, shape, label=True)
+        spacing = config.spacing
+
+    brain = np.any(image != 0, axis=0)
+    stats = []
+    for channel in image:
+        values = channel[brain]
+        mean, std = float(values.mean()), float(values.std())
+        channel -= mean
+        channel /= max(std, 1e-8)
+        channel[~brain] = 0
+        stats.append({"mean": mean, "std": std})
+
+    meta = {
+        "case_id": case_id,
+        "original_shape": list(volume.image.shape[1:]),
+        "original_affine": np.asarray(volume.affine).tolist(),
+        "original_spacing": [float(s) for s in volume.spacing],
+        "crop_start": list(start),
+        "crop_stop": list(stop),
+        "cropped_shape": list(cropped_shape),
+        "stored_shape": list(image.shape[1:]),
+        "stored_spacing": list(spacing),
+        "normalisation": stats,
+        "has_label": label is not None,
+    }
+    return image.astype(config.dtype), label, meta
+
+
+def foreground_coordinates(label: np.ndarray | None, case_id: str) -> np.ndarray:
+    """Up to ``MAX_FOREGROUND`` tumour voxel coordinates, subsampled reproducibly per case."""
+    if label is None:
+        return np.zeros((0, 3), dtype=np.int16)
+    coords = np.argwhere(label > 0)
+    if len(coords) > MAX_FOREGROUND:
+        seed = int(hashlib.sha1(case_id.encode()).hexdigest()[:8], 16)
+        coords = coords[np.sort(np.random.default_rng(seed).choice(len(coords), MAX_FOREGROUND, replace=False))]
+    return coords.astype(np.int16)
+
+
+def restore_geometry(array: np.ndarray, meta: dict, *, label: bool) -> np.ndarray:
+    """Map an array on the stored grid back to the source grid (inverse of crop and resampling).
+
+    ``array`` is (x, y, z) or (c, x, y, z) on the stored grid; the result has the source's shape,
+    zeros outside the crop box. Label maps are resampled by nearest neighbour.
+    """
+    array = np.asarray(array)
+    stored, cropped = tuple(meta["stored_shape"]), tuple(meta["cropped_shape"])
+    if array.shape[-3:] != stored:
+        raise ValueError(
+            f"case {meta['case_id']}: array of shape {array.shape} does not match the stored grid {stored}."
+        )
+    if stored != cropped:
+        array = _resample(array, cropped, label=label)
+    out = np.zeros(array.shape[:-3] + tuple(meta["original_shape"]), dtype=array.dtype)
+    box = tuple(slice(a, b) for a, b in zip(meta["crop_start"], meta["crop_stop"]))
+    out[(..., *box)] = array
+    return out
+
+
+def _entry_dir(settings_dir: Path, case_id: str) -> Path:
+    return settings_dir / case_id
+
+
+def read_entry(settings_dir: Path, case: Case, fp: str | None = None) -> CacheEntry | None:
+    """The cached entry of ``case`` if it is complete and matches the sources, else None."""
+    path = _entry_dir(settings_dir, case.case_id)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    entry = CacheEntry(case.case_id, path, meta)
+    if meta.get("fingerprint") != (fp or fingerprint(case)) or meta.get("version") != FORMAT_VERSION:
+        return None
+    expected = [entry.image_path, entry.foreground_path] + ([entry.label_path] if entry.label_path else [])
+    return entry if all(p.is_file() for p in expected) else None
+
+
+def _write_entry(settings_dir: Path, case: Case, config: PreprocessConfig) -> tuple[CacheEntry | None, list[Problem]]:
+    """Read, check, preprocess and atomically store one case (runs in a worker process)."""
+    fp = fingerprint(case)
+    volume, problems = check_case(case)
+    if volume is None or problems:
+        return None, problems
+    image, label, geometry = preprocess(volume, config, case.case_id)
+    meta = {
+        **geometry,
+        "version": FORMAT_VERSION,
+        "layout": case.layout,
+        "sources": [str(Path(p).resolve()) for p in case.files],
+        "fingerprint": fp,
+        "dtype": config.dtype,
+    }
+    tmp = settings_dir / f".{case.case_id}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        np.save(tmp / "image.npy", image)
+        if label is not None:
+            np.save(tmp / "label.npy", label)
+        np.save(tmp / "foreground.npy", foreground_coordinates(label, case.case_id))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks completeness
+        final = _entry_dir(settings_dir, case.case_id)
+        if final.exists():  # a stale entry: move it aside, since a folder cannot be renamed onto a non-empty one
+            stale = final.with_name(f".{case.case_id}.stale-{uuid.uuid4().hex[:8]}")
+            os.rename(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same case first
+            if read_entry(settings_dir, case, fp) is None:
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return read_entry(settings_dir, case, fp), []
+
+
+def build_cache(
+    discovery: Discovery,
+    cache_dir: str | Path,
+    config: PreprocessConfig = PreprocessConfig(),
+    *,
+    workers: int = 1,
+    progress: bool = True,
+) -> Cache:
+    """Preprocess the discovered cases that are not cached yet and return all entries.
+
+    Cases with problems are left out and their problems returned (together with the problems
+    found during discovery); the caller decides whether to refuse the dataset.
+    """
+    settings_dir = Path(cache_dir) / config.key
+    settings_dir.mkdir(parents=True, exist_ok=True)
+    settings_file = settings_dir / "settings.json"
+    if not settings_file.exists():
+        settings_file.write_text(json.dumps({**asdict(config), "version": FORMAT_VERSION}, indent=1))
+
+    entries: dict[str, CacheEntry] = {}
+    todo = []
+    for case in discovery.cases:
+        entry = read_entry(settings_dir, case)
+        if entry is None:
+            todo.append(case)
+        else:
+            entries[case.case_id] = entry
+    cache = Cache(settings_dir, [], list(discovery.problems), reused=len(entries))
+
+    if todo:
+        from rich.progress import Progress
+
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(f"preprocessing {len(todo)} cases into {settings_dir}", total=len(todo))
+            if workers > 1:
+                with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+                    futures = [(c, pool.submit(_write_entry, settings_dir, c, config)) for c in todo]
+                    for case, future in futures:
+                        _collect(cache, entries, case, future.result)
+                        bar.advance(task)
+            else:
+                for case in todo:
+                    _collect(cache, entries, case, lambda c=case: _write_entry(settings_dir, c, config))
+                    bar.advance(task)
+    cache.entries = [entries[c.case_id] for c in discovery.cases if c.case_id in entries]
+    return cache
+
+
+def _collect(cache: Cache, entries: dict, case: Case, result) -> None:
+    try:
+        entry, problems = result()
+    except (OSError, ValueError) as err:
+        entry, problems = None, [Problem(f"could not be preprocessed: {err}", case_id=case.case_id)]
+    cache.problems.extend(problems)
+    if entry is not None:
+        entries[case.case_id] = entry
+        cache.built += 1

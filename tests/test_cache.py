@@ -1,0 +1,172 @@
+"""The preprocessing cache: crop, normalisation, exact inversion, reuse, invalidation, crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from brats_fixtures import file_states, write_case, write_dataset
+
+from tumorseg.data import cache as cache_module
+from tumorseg.data.cache import PreprocessConfig, brain_bbox, build_cache, read_entry, restore_geometry
+from tumorseg.data.layouts import discover, load_case
+from tumorseg.data.synthetic import generate_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    generate_dataset(root, 3, seed=3, shape=(48, 40, 32), progress=False)
+    return root
+
+
+def test_crop_normalise_and_exact_inverse(phantoms, tmp_path):
+    discovery = discover(phantoms, require_labels=True)
+    before = file_states(phantoms)
+    cache = build_cache(discovery, tmp_path, progress=False)
+    assert (cache.built, cache.reused, cache.problems) == (3, 0, [])
+    for case, entry in zip(discovery.cases, cache.entries):
+        volume = load_case(case)
+        image, label = entry.load()
+        start, stop = brain_bbox(volume.image)
+        assert image.dtype == np.float16 and label.dtype == np.uint8
+        assert image.shape[1:] == tuple(b - a for a, b in zip(start, stop)) == entry.shape
+        assert image.shape[1:] < volume.image.shape[1:]  # the zero background was cropped away
+        # z-scores over brain voxels, background exactly 0
+        brain = np.any(image != 0, axis=0)
+        for channel, stats in zip(image.astype(np.float64), entry.meta["normalisation"]):
+            assert abs(channel[brain].mean()) < 1e-2 and abs(channel[brain].std() - 1) < 1e-2
+            assert not channel[~brain].any()
+            assert stats["std"] > 0
+        # the crop is undone exactly: labels, and images up to float16 rounding
+        np.testing.assert_array_equal(restore_geometry(label, entry.meta, label=True), volume.label)
+        restored = restore_geometry(image.astype(np.float32), entry.meta, label=False)
+        means = np.array([s["mean"] for s in entry.meta["normalisation"]])[:, None, None, None]
+        stds = np.array([s["std"] for s in entry.meta["normalisation"]])[:, None, None, None]
+        inside = np.any(volume.image != 0, axis=0)
+        np.testing.assert_allclose((restored * stds + means)[:, inside], volume.image[:, inside], rtol=2e-3, atol=0.5)
+        # tumour coordinates for the sampler point at tumour voxels
+        fg = np.load(entry.foreground_path)
+        assert len(fg) and (label[tuple(fg.T)] > 0).all()
+    assert file_states(phantoms) == before  # sources untouched
+
+
+def test_reused_across_builds_and_rebuilt_when_a_source_or_the_settings_change(phantoms, tmp_path):
+    discovery = discover(phantoms, require_labels=True)
+    first = build_cache(discovery, tmp_path, progress=False)
+    times = {e.case_id: (e.path / "meta.json").stat().st_mtime_ns for e in first.entries}
+    again = build_cache(discovery, tmp_path, progress=False)
+    assert (again.built, again.reused) == (0, 3)
+    assert {e.case_id: (e.path / "meta.json").stat().st_mtime_ns for e in again.entries} == times
+
+    # a changed source file rebuilds that case only
+    copy = tmp_path / "copy"
+    generate_dataset(copy, 2, seed=3, shape=(48, 40, 32), progress=False)
+    cache_dir = tmp_path / "cache-copy"
+    before = build_cache(discover(copy), cache_dir, progress=False).entries[1].meta
+    flair = next((copy / "BraTS20_Training_002").glob("*_flair.nii.gz"))
+    img = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) * 2, img.affine, img.header), flair)
+    rebuilt = build_cache(discover(copy), cache_dir, progress=False)
+    assert (rebuilt.built, rebuilt.reused) == (1, 1)
+    after = rebuilt.entries[1].meta
+    assert after["fingerprint"] != before["fingerprint"]
+    assert after["normalisation"][0]["mean"] == pytest.approx(2 * before["normalisation"][0]["mean"])
+
+    # other settings live under another key
+    other = build_cache(discovery, tmp_path, PreprocessConfig(margin=2), progress=False)
+    assert other.built == 3 and other.root != first.root
+    assert all(o.shape[0] >= f.shape[0] for o, f in zip(other.entries, first.entries))
+
+
+def test_a_killed_build_is_never_trusted(phantoms, tmp_path, monkeypatch):
+    discovery = discover(phantoms, require_labels=True)
+    case = discovery.cases[0]
+    real_save = np.save
+
+    def save_then_die(path, array):
+        real_save(path, array)
+        if Path(path).name == "label.npy":
+            raise KeyboardInterrupt  # as a kill between two files
+
+    monkeypatch.setattr(cache_module.np, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(discovery, tmp_path, progress=False)
+    monkeypatch.undo()
+    settings_dir = tmp_path / PreprocessConfig().key
+    assert read_entry(settings_dir, case) is None
+    assert not (settings_dir / case.case_id).exists()
+
+    # an entry folder without meta.json (a crash of an older writer) is not trusted either
+    (settings_dir / case.case_id).mkdir()
+    np.save(settings_dir / case.case_id / "image.npy", np.zeros((4, 2, 2, 2), np.float16))
+    assert read_entry(settings_dir, case) is None
+    cache = build_cache(discovery, tmp_path, progress=False)
+    assert cache.built == 3 and not cache.problems
+    assert json.loads((settings_dir / case.case_id / "meta.json").read_text())["case_id"] == case.case_id
+
+
+def _build(root: str, cache_dir: str) -> list[str]:
+    return [e.case_id for e in build_cache(discover(root), cache_dir, progress=False).entries]
+
+
+def test_concurrent_builders_agree(phantoms, tmp_path):
+    """Two processes (say two nodes of one job) building the same cache at once both succeed."""
+    with ProcessPoolExecutor(2) as pool:
+        results = list(pool.map(_build, [str(phantoms)] * 2, [str(tmp_path)] * 2))
+    assert results[0] == results[1] and len(results[0]) == 3
+    assert not [p for p in (tmp_path / PreprocessConfig().key).iterdir() if p.name.startswith(".")]
+    assert build_cache(discover(phantoms), tmp_path, progress=False).built == 0
+
+
+def test_resampling_is_inverted_to_the_source_grid(phantoms, tmp_path):
+    discovery = discover(phantoms, require_labels=True)
+    cache = build_cache(discovery, tmp_path, PreprocessConfig(spacing=(2.0, 2.0, 2.0)), progress=False)
+    entry = cache.entries[0]
+    image, label = entry.load()
+    cropped = entry.meta["cropped_shape"]
+    assert list(image.shape[1:]) == [round(n / 2) for n in cropped] and entry.meta["stored_spacing"] == [2.0] * 3
+    restored = restore_geometry(label, entry.meta, label=True)
+    original = load_case(discovery.cases[0]).label
+    assert restored.shape == original.shape and set(np.unique(restored)) <= set(np.unique(original))
+    assert (restored == original).mean() > 0.95
+
+
+def test_cases_with_problems_are_left_out_and_named(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root, "brats2021", 2)
+    write_case(root, "brats2021", "BraTS2021_00003", nan_in="t1ce")
+    cache = build_cache(discover(root, require_labels=True), tmp_path / "cache", progress=False)
+    assert [e.case_id for e in cache.entries] == ["BraTS2021_00001", "BraTS2021_00002"]
+    assert len(cache.problems) == 1 and "BraTS2021_00003" in str(cache.problems[0])
+
+
+def test_bad_settings_name_the_field():
+    for kwargs, field in (({"spacing": (1, 1)}, "spacing"), ({"margin": -1}, "margin"), ({"dtype": "int8"}, "dtype")):
+        with pytest.raises(ValueError, match=f"`{field}`"):
+            PreprocessConfig(**kwargs)
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the real BraTS 2023 exam is not present")
+def test_real_exam_is_cached_in_its_own_voxel_order(tmp_path):
+    discovery = discover(SHARED_DATA / "BraTS-GLI-00001-000")
+    entry = build_cache(discovery, tmp_path, progress=False).entries[0]
+    flair = np.asarray(nib.load(discovery.cases[0].images[0]).dataobj).astype(np.float32)
+    image, label = entry.load()
+    assert label is None and entry.meta["original_shape"] == [240, 240, 155]
+    box = tuple(slice(a, b) for a, b in zip(entry.meta["crop_start"], entry.meta["crop_stop"]))
+    stats = entry.meta["normalisation"][0]
+    brain = np.any(image != 0, axis=0)
+    np.testing.assert_allclose(
+        image[0][brain].astype(np.float32), ((flair[box] - stats["mean"]) / stats["std"])[brain], rtol=1e-2, atol=1e-2
+    )
+    assert np.count_nonzero(flair) == np.count_nonzero(flair[box])  # the crop loses no brain voxel
+    np.testing.assert_array_equal(restore_geometry(np.ones(entry.shape, np.uint8), entry.meta, label=True)[box], 1)
+    assert os.path.samefile(entry.meta["sources"][0], discovery.cases[0].images[0])

@@ -1,0 +1,239 @@
+"""Synthetic phantoms: file layout, determinism, anatomy, tumour contrasts, the CLI and crash safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tumorseg.data import synthetic
+from tumorseg.data.synthetic import DEFAULT_SHAPE, MANIFEST, generate_dataset, make_phantom
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SMALL = (48, 48, 32)
+FILES = ("flair", "t1", "t1ce", "t2", "seg")
+MODALITIES = FILES[:4]
+
+
+def nifti_bytes(out: Path) -> dict[str, bytes]:
+    """Every .nii.gz under ``out`` by relative path, with its bytes."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.nii.gz"))}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "tumorseg.data.synthetic", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Two small cases, seed 7: the reference the other tests compare with or copy."""
+    out = tmp_path_factory.mktemp("synthetic") / "brats"
+    generate_dataset(out, cases=2, seed=7, shape=SMALL, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def phantoms() -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    """Six cases at 64x64x48: enough tumour voxels for stable class means."""
+    return [make_phantom(np.random.default_rng([0, i]), (64, 64, 48)) for i in range(1, 7)]
+
+
+def test_layout_types_and_header(dataset):
+    assert sorted(p.name for p in dataset.iterdir()) == ["BraTS20_Training_001", "BraTS20_Training_002", MANIFEST]
+    for case in ("BraTS20_Training_001", "BraTS20_Training_002"):
+        assert sorted(p.name for p in (dataset / case).iterdir()) == sorted(f"{case}_{f}.nii.gz" for f in FILES)
+        for name in FILES:
+            path = dataset / case / f"{case}_{name}.nii.gz"
+            image = nib.load(path)
+            assert image.shape == SMALL
+            assert image.get_data_dtype() == (np.uint8 if name == "seg" else np.int16)
+            assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
+            assert image.header.get_zooms() == (1.0, 1.0, 1.0)
+            assert image.header.get_xyzt_units()[0] == "mm"
+            header = path.read_bytes()[:10]
+            assert header[4:8] == b"\0\0\0\0", "gzip mtime must be 0"
+            assert not header[3] & 0x08, "gzip header must not name a file"
+        label = np.asarray(nib.load(dataset / case / f"{case}_seg.nii.gz").dataobj)
+        assert set(np.unique(label)) <= {0, 1, 2, 4} and (label > 0).any()
+
+
+def test_default_shape_geometry():
+    images, label = make_phantom(np.random.default_rng([0, 1]))
+    brain = images["t1"] > 0
+    assert brain.shape == label.shape == DEFAULT_SHAPE
+    # A 1 mm BraTS volume holds a brain of about 1.0-2.0 litres that nowhere touches the edge.
+    assert 1.0e6 < brain.sum() < 2.0e6
+    for axis in range(3):
+        assert not np.take(brain, [0, -1], axis=axis).any()
+    assert nib.aff2axcodes(synthetic.brats_affine(DEFAULT_SHAPE)) == ("L", "P", "S")
+
+
+def test_same_seed_same_bytes_whatever_workers_or_cases(dataset, tmp_path):
+    generate_dataset(tmp_path / "again", cases=2, seed=7, shape=SMALL, progress=False)
+    assert nifti_bytes(tmp_path / "again") == nifti_bytes(dataset)
+    assert (tmp_path / "again" / MANIFEST).read_bytes() == (dataset / MANIFEST).read_bytes()
+
+    generate_dataset(tmp_path / "parallel", cases=3, seed=7, shape=SMALL, workers=2, progress=False)
+    parallel = nifti_bytes(tmp_path / "parallel")
+    assert {k: v for k, v in parallel.items() if "_003" not in k} == nifti_bytes(dataset)
+
+    generate_dataset(tmp_path / "other", cases=2, seed=8, shape=SMALL, progress=False)
+    other = nifti_bytes(tmp_path / "other")
+    assert other.keys() == parallel.keys() - {k for k in parallel if "_003" in k}
+    assert all(other[k] != parallel[k] for k in other)
+
+
+def test_background_is_exactly_zero_outside_one_brain():
+    for i in range(4):
+        images, label = make_phantom(np.random.default_rng([1, i]), SMALL)
+        brain = images["flair"] != 0
+        for name in MODALITIES:
+            assert images[name].dtype == np.int16
+            np.testing.assert_array_equal(images[name] != 0, brain, err_msg=f"{name} differs from the brain mask")
+            assert images[name].min() >= 0
+        assert not label[~brain].any(), "tumour outside the brain"
+        assert ndimage.label(brain)[1] == 1
+        assert 0.15 < brain.mean() < 0.6
+        assert label.dtype == np.uint8 and (label > 0).any()
+
+
+def class_means(phantoms) -> dict[tuple[str, str], float]:
+    """Mean of each modality over each class, pooled over cases, after dividing by the case's brain mean."""
+    pooled: dict[tuple[str, str], list[np.ndarray]] = {}
+    for images, label in phantoms:
+        brain = images["t1"] > 0
+        regions = {"normal": brain & (label == 0), "ncr": label == 1, "ed": label == 2, "et": label == 4}
+        for name in MODALITIES:
+            normalised = images[name] / images[name][brain].mean()
+            for region, mask in regions.items():
+                pooled.setdefault((name, region), []).append(normalised[mask])
+    return {key: float(np.concatenate(parts).mean()) for key, parts in pooled.items()}
+
+
+def test_each_tumour_class_needs_its_modality(phantoms):
+    mean = class_means(phantoms)
+    # Edema: bright on FLAIR and T2, not on T1 or T1ce.
+    assert mean["flair", "ed"] > 1.3 * mean["flair", "normal"]
+    assert mean["t2", "ed"] > 1.2 * mean["t2", "normal"]
+    assert mean["t1", "ed"] < mean["t1", "normal"]
+    assert mean["t1ce", "ed"] < mean["t1ce", "normal"]
+    # Enhancing tumour: bright on T1ce only, where edema and necrosis are not.
+    assert mean["t1ce", "et"] > 1.3 * mean["t1ce", "ed"]
+    assert mean["t1ce", "et"] > 1.3 * mean["t1ce", "normal"]
+    assert mean["t1", "et"] < mean["t1", "normal"]
+    assert mean["flair", "et"] < mean["flair", "ed"]
+    # Necrosis: darker than the rim on T1ce, bright on T2.
+    assert mean["t1ce", "ncr"] < 0.8 * mean["t1ce", "et"]
+    assert mean["t2", "ncr"] > 1.3 * mean["t2", "normal"]
+
+
+def test_healthy_tissue_contrasts(phantoms):
+    for images, label in phantoms:
+        normal = (images["t1"] > 0) & (label == 0)
+        t1, t2, flair = (images[name][normal].astype(float) for name in ("t1", "t2", "flair"))
+        # T1 and T2 order WM, GM and CSF oppositely; the brightest T2 voxels (CSF) are dark on FLAIR.
+        assert np.corrcoef(t1, t2)[0, 1] < -0.3
+        csf = t2 > np.percentile(t2, 97)
+        assert flair[csf].mean() < 0.8 * flair.mean()
+
+
+def test_intensity_scale_differs_between_cases(phantoms):
+    for name in MODALITIES:
+        means = [images[name][images[name] > 0].mean() for images, _ in phantoms]
+        assert max(means) > 2 * min(means), name
+
+
+def test_some_cases_have_tiny_or_no_enhancing_tumour():
+    ratios = []
+    for i in range(40):
+        _, label = make_phantom(np.random.default_rng([0, i]), (32, 32, 24))
+        ratios.append((label == 4).sum() / max(np.isin(label, (1, 4)).sum(), 1))
+    low = sum(r < 0.1 for r in ratios)
+    assert 1 <= low <= 14, ratios
+
+
+def test_cli_writes_cases_and_previews(tmp_path):
+    out = tmp_path / "data"
+    result = run_cli(str(out), "--cases", "2", "--seed", "3", "--shape", *map(str, SMALL), "--preview")
+    assert result.returncode == 0, result.stderr
+    expected = ["BraTS20_Training_001", "BraTS20_Training_002", MANIFEST, "previews"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
+    assert len(list(out.glob("BraTS20_Training_00?/*.nii.gz"))) == 10
+    for case in ("BraTS20_Training_001", "BraTS20_Training_002"):
+        png = out / "previews" / f"{case}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.image.imread(png).ndim == 3
+
+
+def test_cli_refuses_a_folder_with_other_files(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = run_cli(str(out), "--cases", "1", "--shape", *map(str, SMALL))
+    assert result.returncode != 0
+    assert "not empty" in result.stderr and "notes.txt" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_refuses_other_settings_and_foreign_cases(dataset, tmp_path):
+    with pytest.raises(FileExistsError, match="seed"):
+        generate_dataset(dataset, cases=2, seed=8, shape=SMALL, progress=False)
+    with pytest.raises(FileExistsError, match="shape"):
+        generate_dataset(dataset, cases=2, seed=7, shape=(48, 48, 40), progress=False)
+    copy = shutil.copytree(dataset, tmp_path / "copy")
+    (copy / "BraTS20_Training_003").mkdir()
+    with pytest.raises(FileExistsError, match="BraTS20_Training_003"):
+        generate_dataset(copy, cases=3, seed=7, shape=SMALL, progress=False)
+    for bad in ({"cases": 0}, {"seed": -1}, {"workers": 0}, {"shape": (48, 48, 8)}):
+        with pytest.raises(ValueError):
+            generate_dataset(tmp_path / "bad", **{"cases": 1, "shape": SMALL, **bad})
+
+
+def test_killed_run_is_repaired(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "crash"
+    replace = os.replace
+    calls = []
+
+    def crash_on_third_rename(src, dst):  # the manifest, case 1 FLAIR, then case 1 T1: killed
+        calls.append(dst)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(synthetic.os, "replace", crash_on_third_rename)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(out, cases=2, seed=7, shape=SMALL, progress=False)
+    monkeypatch.undo()
+    case = out / "BraTS20_Training_001"
+    assert [p.name for p in case.iterdir()] == ["BraTS20_Training_001_flair.nii.gz"]
+    assert nib.load(case / "BraTS20_Training_001_flair.nii.gz").get_fdata().any(), "a finished name holds a whole file"
+    assert json.loads((out / MANIFEST).read_text())["complete"] == {}
+
+    # A SIGKILL leaves its temporary file behind; it is never taken for a case file.
+    (case / ".BraTS20_Training_001_t1.nii.gz.4242.partial").write_bytes(b"half a file")
+    generate_dataset(out, cases=2, seed=7, shape=SMALL, progress=False)
+    assert nifti_bytes(out) == nifti_bytes(dataset)
+    assert not list(out.rglob("*.partial"))
+
+
+def test_rerun_skips_complete_cases_and_rewrites_damaged_ones(dataset, tmp_path):
+    out = shutil.copytree(dataset, tmp_path / "copy")
+    intact = out / "BraTS20_Training_001" / "BraTS20_Training_001_t2.nii.gz"
+    damaged = out / "BraTS20_Training_002" / "BraTS20_Training_002_t2.nii.gz"
+    os.utime(intact, ns=(0, 0))
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # truncated, yet named like a finished file
+    generate_dataset(out, cases=2, seed=7, shape=SMALL, progress=False)
+    assert intact.stat().st_mtime_ns == 0, "a complete case was regenerated"
+    assert nifti_bytes(out) == nifti_bytes(dataset)
