@@ -471,11 +471,11 @@ def cmd_data(args: argparse.Namespace) -> None:
     build_s = (time.perf_counter() - start) / max(cache.built, 1)
     if cache.problems:
         sys.exit("error: the dataset has problems:\n" + "\n".join(map(str, cache.problems)))
+    hardware = device_name(args.device)
     try:
-        rows, records = measure_pipelines(args, cases, cache, build_s)
+        rows, records = measure_pipelines(args, hardware, cases, cache, build_s)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
-    hardware = device_name(args.device)
     table = Table(
         title=f"{hardware}: input pipeline, {len(cases)} cases of {root.name}",
         caption="CPU s per patch: one thread, in process. Loader memory: proportional set size of the main process "
@@ -489,12 +489,11 @@ def cmd_data(args: argparse.Namespace) -> None:
     emit(records, args.jsonl)
 
 
-def measure_pipelines(args: argparse.Namespace, cases, cache, build_s: float) -> tuple[list, list[dict]]:
+def measure_pipelines(args: argparse.Namespace, hardware: str, cases, cache, build_s: float) -> tuple[list, list[dict]]:
     from tumorseg.data.augment import augment_cost
 
     log = Console(stderr=True)
     rows, records = [], []
-    hardware = device_name(args.device)
     meta = {"benchmark": "data", "cases": len(cases), "patch": args.patch, "device_name": hardware,
             "torch": torch.__version__, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     for spv in args.samples_per_volume:

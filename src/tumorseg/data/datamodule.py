@@ -23,8 +23,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torchio as tio
-from torchio.data.sampler import RandomSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
+from torchio.data.sampler import RandomSampler
 
 from .augment import BatchAugment
 from .cache import Cache, CacheEntry, PreprocessConfig, build_cache
@@ -371,8 +371,9 @@ class BratsDataModule(pl.LightningDataModule):
         return cache
 
     def prepare_data(self) -> None:
-        # one process per node builds the cache; setup() on every rank then only reads it
-        self._build_cache(progress=True)
+        # one process per node builds the cache; setup() on the other ranks then only reads it,
+        # and this process keeps the index instead of discovering the dataset a second time
+        self.cache = self._build_cache(progress=True)
 
     def setup(self, stage: str | None = None) -> None:
         if self.cache is None:
