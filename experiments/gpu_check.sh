@@ -9,11 +9,7 @@
 set -euo pipefail
 out=${1:-outputs/benchmark}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source experiments/gpu_env.sh
 
 python experiments/benchmark.py data --device cuda --samples-per-volume 1 --work-dir "$out/data" --jsonl "$out/data.jsonl"
 

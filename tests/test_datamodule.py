@@ -252,3 +252,13 @@ def test_ddp_shards_are_disjoint_and_complete(phantoms, tmp_path):
     vals = [r["val"] for r in ranks]
     assert not set(vals[0]) & set(vals[1]) and sorted(vals[0] + vals[1]) == sorted(result["val"])
     assert np.all([len(r["train"][0]["patches"]) == len(ranks[0]["train"][0]["patches"]) for r in ranks])
+
+
+def test_more_ranks_than_validation_cases_is_refused(phantoms, tmp_path):
+    dm = datamodule(phantoms, tmp_path / "cache")  # 6 cases, 3 folds: 2 validation cases
+    dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=3, global_rank=0, is_global_zero=True, default_root_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="2 validation case.* cannot be shared by 3 processes"):
+        dm.val_dataloader()
+    dm.trainer = SimpleNamespace(world_size=2, global_rank=1, is_global_zero=False, default_root_dir=str(tmp_path))
+    assert len(dm.val_dataloader()) == 1

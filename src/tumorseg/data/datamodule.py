@@ -390,7 +390,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.val_entries = [by_id[c] for c in self.split["val"]]
         trainer = self.trainer
         if trainer is not None and trainer.is_global_zero:
-            self.save_split(Path(trainer.log_dir or trainer.default_root_dir) / "split.json")
+            self.save_split(Path(trainer.default_root_dir) / "split.json")
 
     def save_split(self, path: str | Path) -> Path:
         """Write the split in use (and how it was made) as JSON; returns the path."""
@@ -435,6 +435,12 @@ class BratsDataModule(pl.LightningDataModule):
 
     def _cases_loader(self, entries: list[CacheEntry]) -> DataLoader:
         world, rank = self._ranks()
+        if len(entries) < world:
+            # a rank without cases would skip validation and leave the others waiting at the metric sync
+            raise ValueError(
+                f"{len(entries)} validation case(s) cannot be shared by {world} processes; every rank needs one. "
+                f"Use fewer devices, fewer folds (data.num_folds) or a split file with more validation cases."
+            )
         return DataLoader(
             CaseDataset(entries),
             batch_size=1,
@@ -454,3 +460,44 @@ class BratsDataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.training and "label" in batch:
             batch["image"], batch["label"] = self.augment(batch["image"], batch["label"])
         return batch
+
+
+class SyntheticDataModule(BratsDataModule):
+    """``BratsDataModule`` over synthetic phantoms, generated on first use.
+
+    The phantoms go to ``root/<cases>x<shape>-seed<data_seed>``, so settings never mix in one
+    folder; an existing folder with the same settings is reused (and completed if a previous
+    generation was interrupted).
+
+    Args:
+        root: parent folder of the generated datasets.
+        cases: number of phantoms. Defaults to 16.
+        shape: phantom size in voxels. Defaults to 96x96x64.
+        data_seed: generator seed. Defaults to 0.
+        **kwargs: ``BratsDataModule`` arguments.
+    """
+
+    def __init__(
+        self, root: str | Path, *, cases: int = 16, shape: Sequence[int] = (96, 96, 64), data_seed: int = 0, **kwargs
+    ):
+        shape = tuple(int(s) for s in shape)
+        self.cases, self.shape, self.data_seed = cases, shape, data_seed
+        folder = Path(root).expanduser() / f"{cases}x{'x'.join(map(str, shape))}-seed{data_seed}"
+        super().__init__(folder, **kwargs)
+
+    def generate(self, progress: bool = True) -> None:
+        from .synthetic import generate_dataset
+
+        generate_dataset(
+            self.root, self.cases, seed=self.data_seed, shape=self.shape, workers=self.preprocess_workers,
+            progress=progress,
+        )  # fmt: skip
+
+    def prepare_data(self) -> None:
+        self.generate()
+        super().prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cache is None and not (self.root / "synthetic.json").exists():
+            self.generate(progress=False)  # setup() without prepare_data(), e.g. in a notebook
+        super().setup(stage)

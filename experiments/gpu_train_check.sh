@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# GPU check of training: for each network, one epoch of its brats_<net> recipe (4 modalities,
+# regions, 128^3 patches, batch 2, bf16, paper widths) on full-size synthetic phantoms with the CSV
+# logger, next to the model-only step benchmark of the same network and settings on this card.
+# Prints a last table: end-to-end training patches/s, model-only patches/s, and their ratio.
+# Usage, from the repository root on a machine with one CUDA GPU:
+#   bash experiments/gpu_train_check.sh [OUT_DIR]
+# Where torchio, nibabel, hydra or monai are missing, wheels in .whl/ are used
+# (../shared/tools/device-wheels.sh, plus `pip download --no-deps monai -d .whl`).
+set -euo pipefail
+out=${1:-outputs/gpu_train}
+mkdir -p "$out"
+source experiments/gpu_env.sh
+workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
+
+python -m tumorseg.data.synthetic "$out/phantoms" --cases 12 --shape 240 240 155 --workers "$workers"
+for model in arunet3d linknet3d pspnet3d; do
+  python experiments/benchmark.py step --model "$model" --preset paper --patch 128 --batch 2 --out-channels 3 \
+    --modes bf16 --device cuda --jsonl "$out/step.jsonl"
+  python train.py experiment=brats_$model data.root="$out/phantoms" data.cache_dir="$out/cache" \
+    data.num_workers="$workers" data.samples_per_volume=8 data.queue_length=32 trainer.max_epochs=1 \
+    trainer.limit_val_batches=1 logger=csv callbacks.throughput.warmup_steps=10 hydra.run.dir="$out/train_$model"
+done
+
+python - "$out" <<'PY'
+import csv, json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+steps = {r["model"]: r for r in map(json.loads, (out / "step.jsonl").read_text().splitlines()) if r["mode"] == "bf16"}
+print(f"\ncard: {next(iter(steps.values())).get('device', '?')}")
+print("| network | training patches/s (end to end) | model-only patches/s | ratio |")
+print("|---|---:|---:|---:|")
+for model in ("arunet3d", "linknet3d", "pspnet3d"):
+    rows = list(csv.DictReader(open(out / f"train_{model}" / "csv" / "metrics.csv")))
+    train = [float(r["train/patches_per_s"]) for r in rows if r.get("train/patches_per_s")][-1]
+    only = steps[model]["patches_per_s"]
+    print(f"| {model} | {train:.2f} | {only:.2f} | {train / only:.2f} |")
+PY

@@ -1,0 +1,280 @@
+"""Lightning callbacks and plugins of a training run: atomic checkpoints, the run record, the
+loss/score figure and the W&B image panel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+PACKAGES = (
+    "tumorseg",
+    "torch",
+    "lightning",
+    "torchmetrics",
+    "monai",
+    "torchio",
+    "hydra-core",
+    "numpy",
+    "nibabel",
+    "wandb",
+)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it into place, so a run killed at any
+    moment leaves the previous checkpoint whole instead of a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no `storage_options`, got {storage_options!r}.")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def git_state(path: str | Path | None = None) -> dict:
+    """Commit and dirty flag of the git work tree holding ``path`` (the package by default)."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None}
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def data_fingerprint(datamodule) -> dict | None:
+    """Hash of the cached cases' source fingerprints and preprocessing key, or None."""
+    cache = getattr(datamodule, "cache", None)
+    if cache is None:
+        return None
+    items = sorted((e.case_id, e.meta.get("fingerprint", "")) for e in cache.entries)
+    digest = hashlib.sha256(json.dumps(items).encode()).hexdigest()
+    return {
+        "root": str(getattr(datamodule, "root", "")),
+        "cache": str(cache.root),
+        "cases": len(items),
+        "sha256": digest,
+    }
+
+
+def csv_metrics_file(trainer: pl.Trainer) -> Path | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            return Path(logger.log_dir) / "metrics.csv"  # known on every rank, unlike `experiment`
+    return None
+
+
+def wandb_run_dir(trainer: pl.Trainer) -> Path | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return Path(logger.experiment.dir).parent
+    return None
+
+
+class RunRecord(Callback):
+    """Writes ``run_info.json`` in the run directory: git commit, package versions, hardware, data
+    fingerprint, the checkpoint resumed from, and the metrics files of earlier runs of this
+    training (so a resumed run still draws its whole history)."""
+
+    def __init__(self, config: dict | None = None):
+        self.config = config
+        self.history: list[str] = []  # metrics.csv files of the runs this one continues
+        self.resumed_from: str | None = None
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
+    def metrics_files(self, trainer: pl.Trainer) -> list[Path]:
+        current = csv_metrics_file(trainer)
+        files = [Path(p) for p in self.history]
+        return files + [current] if current is not None and current not in files else files
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # the checkpoint carries this run's metrics file, so a resumed run finds it
+        current = csv_metrics_file(trainer)
+        key = next(k for k in checkpoint["callbacks"] if k.startswith(type(self).__name__))
+        history = list(self.history)
+        if current is not None and str(current) not in history:
+            history.append(str(current))
+        checkpoint["callbacks"][key] = {"history": history}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.resumed_from = str(trainer.ckpt_path) if trainer.ckpt_path else None
+        if trainer.is_global_zero:
+            self.write(trainer)
+
+    @rank_zero_only
+    def write(self, trainer: pl.Trainer) -> Path:
+        record = {
+            "command": sys.argv,
+            "git": git_state(),
+            "packages": package_versions(),
+            "python": platform.python_version(),
+            "host": socket.gethostname(),
+            "accelerator": type(trainer.accelerator).__name__,
+            "devices": trainer.num_devices,
+            "num_nodes": trainer.num_nodes,
+            "world_size": trainer.world_size,
+            "precision": str(trainer.precision),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "data": data_fingerprint(trainer.datamodule),
+            "resumed_from": self.resumed_from,
+            "previous_metrics": list(self.history),
+        }
+        path = Path(trainer.default_root_dir) / "run_info.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        return path
+
+
+class FlushLoggers(Callback):
+    """Flushes the loggers at each epoch start so a killed run loses at most the current epoch."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+
+
+class LossScorePlot(Callback):
+    """Draws ``loss_score.png`` in the run directory at the end of fit (and after a crash): Dice loss
+    and Dice score per epoch, train and validation, as the paper's figures do. A resumed run draws
+    the epochs of the runs it continues too."""
+
+    def __init__(self, filename: str = "loss_score.png"):
+        self.filename = filename
+
+    def draw(self, trainer: pl.Trainer) -> Path | None:
+        from .plots import epoch_history, plot_loss_score, wandb_epoch_history
+
+        for logger in trainer.loggers:
+            logger.save()
+        record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
+        files = record.metrics_files(trainer) if record else [p for p in [csv_metrics_file(trainer)] if p]
+        try:
+            if files:
+                history = epoch_history(files)
+            else:
+                wandb_dir = wandb_run_dir(trainer)
+                if wandb_dir is None:
+                    log.warning("No CSV or W&B logger: %s is not drawn.", self.filename)
+                    return None
+                history = wandb_epoch_history(wandb_dir)
+            path = plot_loss_score(history, Path(trainer.default_root_dir) / self.filename)
+        except (FileNotFoundError, ValueError) as err:
+            log.warning("%s not drawn: %s", self.filename, err)
+            return None
+        log.info("Loss and score curves: %s", path)
+        return path
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.draw(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.is_global_zero:
+            self.draw(trainer)
+
+
+class WandbSegmentationPanel(Callback):
+    """Logs, after each validation, one validation case to W&B: a slice per modality, the ground
+    truth and the prediction (``val/panel``). Does nothing without a ``WandbLogger``."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        pl_module.keep_val_sample = bool(self.loggers) and trainer.is_global_zero
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sample = getattr(pl_module, "val_sample", None)
+        if not self.loggers or not trainer.is_global_zero or trainer.sanity_checking or sample is None:
+            return
+        from .plots import figure_to_array, segmentation_panel
+
+        fig = segmentation_panel(
+            sample["image"].astype("float32"),
+            sample["pred"],
+            sample["label"],
+            modalities=tuple(pl_module.hparams.modalities),
+            title=f"{sample['case_id']}, epoch {trainer.current_epoch}",
+        )
+        for logger in self.loggers:
+            logger.log_image(key="val/panel", images=[figure_to_array(fig)], caption=[sample["case_id"]])
+        pl_module.val_sample = None
+
+
+class TrainingThroughput(Callback):
+    """Logs ``train/patches_per_s``: training patches per second over each epoch, end to end
+    (loading, augmentation, forward, backward, optimizer), all ranks together, leaving out the
+    first ``warmup_steps`` batches (compilation, cuDNN autotuning, queue filling) and validation."""
+
+    def __init__(self, warmup_steps: int = 5):
+        self.warmup_steps = warmup_steps
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.batches, self.patches, self.start = 0, 0, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batches += 1
+        if self.batches == self.warmup_steps:
+            if torch.cuda.is_available() and pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+            self.start = time.perf_counter()
+        elif self.start is not None:
+            self.patches += batch["image"].shape[0]
+            # the loss check syncs with the device every step, so this is when the step ended
+            self.end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # validation, which ran since the last batch, is left out
+        if self.start is None or not self.patches:
+            return
+        rate = self.patches * trainer.world_size / (self.end - self.start)
+        pl_module.log("train/patches_per_s", rate, rank_zero_only=True)

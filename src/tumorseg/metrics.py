@@ -1,0 +1,113 @@
+"""Hard Dice of the BraTS regions WT, TC and ET on internal label maps.
+
+``dice_per_case`` follows the BraTS evaluation convention for empty masks: a region absent from
+both prediction and reference scores 1, a region present in only one of them scores 0.
+``RegionDice`` averages it over cases (validation) or pools voxel counts over everything it has
+seen (training patches, where many patches hold no tumour and per-case scores would be noisy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchmetrics import Metric
+
+from .data.labels import REGIONS
+from .schemes import label_regions
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must be label maps of the same shape (B, *S), got {tuple(pred.shape)} "
+            f"and {tuple(target.shape)}."
+        )
+    if pred.ndim < 2:
+        raise ValueError(f"expected label maps of shape (B, *S), got shape {tuple(pred.shape)}.")
+
+
+def _region_counts(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per case and region voxel counts (B, 3), int64: intersection, prediction, reference."""
+    p = label_regions(pred).flatten(2)
+    t = label_regions(target).flatten(2)
+    return (p & t).sum(-1), p.sum(-1), t.sum(-1)
+
+
+def _dice(intersection: torch.Tensor, pred_sum: torch.Tensor, target_sum: torch.Tensor) -> torch.Tensor:
+    """2I / (P + T) in float64, 1.0 where both are empty (and then I = 0, so one empty mask gives 0)."""
+    denom = (pred_sum + target_sum).double()
+    return torch.where(denom > 0, 2.0 * intersection.double() / denom.clamp_min(1), torch.ones_like(denom))
+
+
+def dice_per_case(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Hard Dice per case and region, with the BraTS rules for empty masks.
+
+    Args:
+        pred: predicted internal label map (B, *S) of integers 0-3.
+        target: reference internal label map of the same shape.
+
+    Returns:
+        float64 tensor (B, 3) on the inputs' device, columns in ``REGIONS`` order (WT, TC, ET):
+        1.0 where the region is empty in both, 0.0 where it is empty in exactly one.
+
+    Raises:
+        ValueError: when the shapes differ or the maps have no batch dimension.
+    """
+    _check_pair(pred, target)
+    return _dice(*_region_counts(pred, target))
+
+
+class RegionDice(Metric):
+    """Hard Dice of WT, TC and ET between predicted and reference internal label maps.
+
+    Args:
+        per_case: average the Dice of each case (the BraTS convention, for validation on whole
+            volumes; see ``dice_per_case`` for empty masks). If False, pool intersection and mask
+            sizes over all voxels seen and compute one Dice per region (for training patches);
+            a region empty everywhere then scores 1.0. Defaults to True.
+        **kwargs: passed on to ``torchmetrics.Metric`` (e.g. ``sync_on_compute``).
+
+    ``compute()`` returns float32 tensors ``{"wt", "tc", "et", "mean"}``, ``mean`` being the
+    average of the three regions.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, per_case: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.per_case = per_case
+        n = len(REGIONS)
+        if per_case:
+            self.add_state("dice_sum", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("cases", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        else:
+            # exact voxel counts; they are summed over a whole epoch of patches
+            for name in ("intersection", "pred_sum", "target_sum"):
+                self.add_state(name, default=torch.zeros(n, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predicted and reference internal label maps, both (B, *S)."""
+        _check_pair(pred, target)
+        if self.per_case:
+            self.dice_sum += dice_per_case(pred, target).sum(0)
+            self.cases += pred.shape[0]
+        else:
+            intersection, pred_sum, target_sum = _region_counts(pred, target)
+            self.intersection += intersection.sum(0)
+            self.pred_sum += pred_sum.sum(0)
+            self.target_sum += target_sum.sum(0)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if self.per_case:
+            # no cases seen gives NaN (torchmetrics also warns that update was never called)
+            dice = self.dice_sum / self.cases
+        else:
+            dice = _dice(self.intersection, self.pred_sum, self.target_sum)
+        dice = dice.float()
+        return {**{region: dice[i] for i, region in enumerate(REGIONS)}, "mean": dice.mean()}
+
+
+__all__ = ["RegionDice", "dice_per_case"]

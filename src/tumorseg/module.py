@@ -1,0 +1,301 @@
+"""The LightningModule that trains and validates any registered network.
+
+Its hyper-parameters are plain data (names, numbers, lists, dicts): the network is rebuilt from
+them, so a checkpoint loads with ``torch.load(path, weights_only=True)`` and
+``SegmentationModule.load_from_checkpoint(path)`` needs no pickled objects.
+
+Metrics are torchmetrics ``Metric`` objects: under DDP they are summed across ranks once, when
+computed at the end of the epoch, so ranks may validate different numbers of cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MeanMetric
+
+from .data.labels import MODALITIES, REGIONS
+from .inference import InferenceConfig, sliding_window_logits
+from .losses import SegmentationLoss
+from .metrics import RegionDice
+from .models import build_model
+from .schemes import check_scheme, out_channels, probabilities, to_labels
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "rmsprop": torch.optim.RMSprop,
+    "sgd": torch.optim.SGD,
+}
+SCHEDULES = ("none", "poly", "cosine")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many consecutive non-finite losses."""
+
+
+def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
+    """``{"name": "adamw", "lr": 3e-4, ...}`` -> optimizer; the other keys go to its constructor."""
+    config = dict(config)
+    name = config.pop("name", None)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"`model.optimizer.name` must be one of {sorted(OPTIMIZERS)}, got {name!r}.")
+    try:
+        return OPTIMIZERS[name](params, **config)
+    except TypeError as err:
+        raise ValueError(f"`model.optimizer` ({name}): {err}") from err
+
+
+def schedule_factor(name: str, total_steps: int, warmup_steps: int = 0, power: float = 0.9, min_factor: float = 0.0):
+    """Learning-rate factor per optimizer step: linear warm-up, then poly (nnU-Net) or cosine decay."""
+    if name not in SCHEDULES:
+        raise ValueError(f"`model.scheduler.name` must be one of {list(SCHEDULES)}, got {name!r}.")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if name == "none":
+            return 1.0
+        progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+        decay = (1 - progress) ** power if name == "poly" else 0.5 * (1 + math.cos(math.pi * progress))
+        return min_factor + (1 - min_factor) * decay
+
+    return factor
+
+
+class SegmentationModule(pl.LightningModule):
+    """Trains any network of ``tumorseg.models`` on BraTS label maps.
+
+    Args:
+        network: ``build_model`` arguments: ``name``, ``preset`` and constructor overrides
+            (``features``, ``norm``, ``dropout``, ...). ``in_channels`` and ``out_channels`` follow
+            from ``modalities`` and ``labels``.
+        labels: label scheme, ``"regions"`` (sigmoid WT/TC/ET) or ``"softmax4"`` (background, NCR,
+            ED, ET). Defaults to ``"regions"``.
+        modalities: input channels, in order. Defaults to FLAIR, T1, T1ce, T2.
+        loss: ``SegmentationLoss`` arguments (``name``, ``dice_weight``, ``ce_weight``, ...).
+            Defaults to Dice + BCE for regions, Dice + CE for softmax4.
+        aux_weight: weight of the auxiliary head's loss (PSPNet with ``aux_head``). Defaults to 0.4.
+        optimizer: ``{"name": adam|adamw|rmsprop|sgd, **constructor arguments}``.
+            Defaults to AdamW, lr 3e-4, weight decay 1e-5.
+        scheduler: ``{"name": none|poly|cosine, "warmup_epochs", "power", "min_lr_factor"}``,
+            stepped every optimizer step. Defaults to poly with power 0.9.
+        inference: ``InferenceConfig`` fields for sliding-window validation.
+        preprocess: the data's preprocessing settings, kept so that prediction repeats them.
+        max_nonfinite: consecutive non-finite losses (each step skipped) that stop training.
+            Defaults to 5.
+        channels_last: run the network in channels-last-3d memory format. Defaults to False.
+        compile: ``torch.compile`` the network in place (parameter names unchanged). Defaults to False.
+    """
+
+    def __init__(
+        self,
+        network: dict,
+        *,
+        labels: str = "regions",
+        modalities: Sequence[str] = MODALITIES,
+        loss: dict | None = None,
+        aux_weight: float = 0.4,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        inference: dict | None = None,
+        preprocess: dict | None = None,
+        max_nonfinite: int = 5,
+        channels_last: bool = False,
+        compile: bool = False,
+    ):
+        super().__init__()
+        check_scheme(labels)
+        modalities = list(modalities)
+        if not modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"`modalities` must be distinct names, got {modalities!r}.")
+        if isinstance(max_nonfinite, bool) or not isinstance(max_nonfinite, int) or max_nonfinite < 1:
+            raise ValueError(f"`max_nonfinite` must be a positive integer, got {max_nonfinite!r}.")
+        network = dict(network)
+        if "name" not in network:
+            raise ValueError("`model.network.name` is missing; choose arunet3d, linknet3d or pspnet3d.")
+        loss = dict(loss) if loss else {"name": "dice_bce" if labels == "regions" else "dice_ce"}
+        self.save_hyperparameters(
+            {
+                "network": network,
+                "labels": labels,
+                "modalities": modalities,
+                "loss": loss,
+                "aux_weight": float(aux_weight),
+                "optimizer": dict(optimizer) if optimizer else {"name": "adamw", "lr": 3e-4, "weight_decay": 1e-5},
+                "scheduler": dict(scheduler) if scheduler else {"name": "poly", "power": 0.9},
+                "inference": dict(inference) if inference else {},
+                "preprocess": dict(preprocess) if preprocess else {},
+                "max_nonfinite": max_nonfinite,
+                "channels_last": bool(channels_last),
+                "compile": bool(compile),
+            }
+        )
+        net_args = dict(network)
+        name, preset = net_args.pop("name"), net_args.pop("preset", "light")
+        self.net = build_model(name, preset, in_channels=len(modalities), out_channels=out_channels(labels), **net_args)
+        self.scheme = labels
+        self.loss_fn = SegmentationLoss(labels, **loss)
+        self.inference_config = InferenceConfig(**self.hparams.inference)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last_3d)
+        self._compiled = False
+
+        self.train_loss, self.train_dice_loss = MeanMetric(), MeanMetric()
+        self.val_loss, self.val_dice_loss = MeanMetric(), MeanMetric()
+        self.train_dice = RegionDice(per_case=False)
+        self.val_dice = RegionDice(per_case=True)
+        self.nonfinite = {"total": 0, "streak": 0, "epoch": 0}
+        self.keep_val_sample = False  # set by callbacks that draw a validation case
+        self.val_sample: dict | None = None
+
+    # -- network
+
+    def configure_model(self) -> None:
+        # nn.Module.compile keeps parameter names, so checkpoints do not gain `_orig_mod.`
+        if self.hparams.compile and not self._compiled:
+            self.net.compile()
+            self._compiled = True
+
+    def forward(self, image: torch.Tensor):
+        if self.hparams.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        return self.net(image)
+
+    def predict_logits(self, image: torch.Tensor, config: InferenceConfig | None = None, **kwargs) -> torch.Tensor:
+        """Sliding-window logits over whole cases (B, M, X, Y, Z), as validation computes them."""
+        return sliding_window_logits(self, image, config or self.inference_config, **kwargs)
+
+    # -- training
+
+    def _skip_nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether this step is skipped; decided on every rank together so DDP stays in step."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            self.nonfinite["streak"] = 0
+            return False
+        self.nonfinite["total"] += 1
+        self.nonfinite["streak"] += 1
+        self.nonfinite["epoch"] += 1
+        limit = self.hparams.max_nonfinite
+        streak = self.nonfinite["streak"]
+        if self.trainer.is_global_zero:
+            log.warning(
+                "Non-finite loss at epoch %d, step %d: step skipped (%d in a row, stop at %d).",
+                self.current_epoch, self.global_step, streak, limit,
+            )  # fmt: skip
+        if streak >= limit:
+            ckpt_dir = getattr(self.trainer.checkpoint_callback, "dirpath", None) or self.trainer.default_root_dir
+            path = Path(ckpt_dir) / "nonfinite-stop.ckpt"
+            self.trainer.save_checkpoint(path)
+            raise NonFiniteLossError(
+                f"Training stopped: the loss was not finite for {streak} consecutive steps (epoch "
+                f"{self.current_epoch}, step {self.global_step}; {self.nonfinite['total']} non-finite steps in "
+                f"all). The weights from before these steps are saved in {path}. Lower the learning rate "
+                f"(model.optimizer.lr), train in full precision (trainer.precision=32), or check the data "
+                f"(python -m tumorseg.data check <root>); raise `max_nonfinite` to tolerate longer streaks."
+            )
+        return True
+
+    def training_step(self, batch: dict, batch_idx: int):
+        image, label = batch["image"], batch["label"]
+        out = self(image)
+        aux = None
+        if isinstance(out, tuple):
+            out, aux = out
+        parts = self.loss_fn(out, label)
+        loss = parts["loss"]
+        if aux is not None:
+            loss = loss + self.hparams.aux_weight * self.loss_fn(aux, label)["loss"]
+        if self._skip_nonfinite(loss):
+            return None  # Lightning then skips backward and the optimizer step
+        self.train_loss.update(loss.detach())
+        self.train_dice_loss.update(parts["dice"].detach())
+        with torch.no_grad():
+            self.train_dice.update(to_labels(probabilities(out.detach(), self.scheme), self.scheme), label)
+        self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=image.shape[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        dice = self.train_dice.compute()
+        values = {f"train/dice_{k}": v for k, v in dice.items()}
+        values["train/loss"] = self.train_loss.compute()
+        values["train/dice_loss"] = self.train_dice_loss.compute()
+        values["train/nonfinite_steps"] = float(self.nonfinite["epoch"])  # a number: logged on the device
+        self.log_dict(values, sync_dist=True)
+        for metric in (self.train_dice, self.train_loss, self.train_dice_loss):
+            metric.reset()
+        self.nonfinite["epoch"] = 0
+
+    # -- validation
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        image, label = batch["image"], batch["label"]
+        logits = self.predict_logits(image)
+        parts = self.loss_fn(logits, label)
+        pred = to_labels(probabilities(logits, self.scheme), self.scheme)
+        self.val_loss.update(parts["loss"])
+        self.val_dice_loss.update(parts["dice"])
+        self.val_dice.update(pred, label)
+        if self.keep_val_sample and batch_idx == 0 and not self.trainer.sanity_checking:
+            self.val_sample = {
+                "case_id": batch["case_id"][0],
+                "image": image[0].half().cpu().numpy(),
+                "label": label[0].cpu().numpy(),
+                "pred": pred[0].cpu().numpy(),
+            }
+
+    def on_validation_epoch_end(self) -> None:
+        dice = self.val_dice.compute()
+        values = {f"val/dice_{k}": v for k, v in dice.items()}
+        values["val/loss"] = self.val_loss.compute()
+        values["val/dice_loss"] = self.val_dice_loss.compute()
+        # already summed over ranks by torchmetrics; sync_dist averages equal values (no warning)
+        self.log_dict(values, sync_dist=True, prog_bar=False)
+        self.log("dice", values["val/dice_mean"], prog_bar=True, logger=False, sync_dist=True)
+        for metric in (self.val_dice, self.val_loss, self.val_dice_loss):
+            metric.reset()
+
+    # -- optimisation
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.net.parameters(), self.hparams.optimizer)
+        sched = dict(self.hparams.scheduler)
+        name = sched.pop("name", "none")
+        warmup_epochs = sched.pop("warmup_epochs", 0)
+        power, min_factor = sched.pop("power", 0.9), sched.pop("min_lr_factor", 0.0)
+        if sched:
+            raise ValueError(
+                f"`model.scheduler`: unknown keys {sorted(sched)}; valid: name, warmup_epochs, power, min_lr_factor."
+            )
+        if name == "none" and not warmup_epochs:
+            schedule_factor(name, 1)  # validates the name
+            return optimizer
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError(
+                f"`model.scheduler.name={name}` needs a finite number of steps; set trainer.max_epochs or max_steps."
+            )
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        warmup = int(round(warmup_epochs * total / epochs))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, schedule_factor(name, int(total), warmup, power, min_factor)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["nonfinite"] = {k: int(v) for k, v in self.nonfinite.items()}
+        checkpoint["regions"] = list(REGIONS)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite.update(checkpoint.get("nonfinite", {}))

@@ -1,0 +1,238 @@
+"""Training from a composed Hydra config: ``train(cfg)`` is a plain function that tests call;
+the repository's ``train.py`` wraps it in ``@hydra.main``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks import AtomicCheckpointIO
+from .module import NonFiniteLossError, SegmentationModule
+
+log = logging.getLogger(__name__)
+
+
+def run_id() -> str:
+    """Name of a run's directory, the same in every process of one distributed launch.
+
+    ``srun`` and ``torchrun`` start every rank themselves, each composing the config, so a
+    timestamp could differ between ranks: their job step or rendezvous id is shared instead.
+    """
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if job and step:
+        return f"slurm-{job}.{step}"
+    rdzv = os.environ.get("TORCHELASTIC_RUN_ID")
+    if rdzv and rdzv != "none":
+        return f"torchrun-{rdzv}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def global_rank_env() -> int:
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def register_resolvers() -> None:
+    """Resolvers the configs use: ``${run_id:}``, ``${rank_zero_subdir:.hydra}`` (the folder on rank
+    zero, nothing elsewhere, so only one process writes the config) and
+    ``${optuna_direction:max}`` -> ``maximize`` (the sweep direction follows ``monitor.mode``)."""
+    resolvers = {
+        "run_id": (run_id, True),
+        "rank_zero_subdir": (lambda name: name if global_rank_env() == 0 else None, False),
+        "optuna_direction": (lambda mode: {"max": "maximize", "min": "minimize"}[str(mode)], False),
+    }
+    for name, (fn, cache) in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
+
+
+def resolve_precision(trainer_cfg: DictConfig) -> str:
+    """``auto``: bf16-mixed on a CUDA device with bf16 support, 32-true otherwise."""
+    precision = str(trainer_cfg.get("precision", "auto"))
+    if precision != "auto":
+        return precision
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def find_last_checkpoint(runs_root: Path) -> Path | None:
+    """The newest ``*/checkpoints/last.ckpt`` under ``runs_root`` (a requeued job reusing its run
+    directory finds its own)."""
+    return max(runs_root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
+
+
+def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
+    """``ckpt_path`` if given (it must exist), else with ``resume=true`` the newest last checkpoint
+    of an earlier run of this ``task_name``, else None."""
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file.")
+        return path
+    if not cfg.get("resume"):
+        return None
+    runs_root = Path(cfg.paths.log_dir) / cfg.task_name
+    path = find_last_checkpoint(runs_root)
+    if path is None:
+        log.warning("resume=true: no checkpoints/last.ckpt under %s; starting a new training.", runs_root)
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["network"]["name"]
+    if saved != cfg.model.network.name:
+        raise ValueError(
+            f"resume=true found {path}, a {saved} checkpoint, but model={cfg.model.network.name}; "
+            f"pass model={saved}, a different task_name, or ckpt_path=<checkpoint> explicitly."
+        )
+    log.info("Resuming from %s", path)
+    return path
+
+
+def instantiate_all(group: DictConfig | None, kind: str) -> list:
+    """Instantiate every ``_target_`` entry of a config group (callbacks, loggers)."""
+    objects = []
+    for name, entry in (group or {}).items():
+        if isinstance(entry, DictConfig) and "_target_" in entry:
+            try:
+                objects.append(hydra.utils.instantiate(entry, _convert_="all"))
+            except Exception as err:
+                raise ValueError(f"{kind}.{name}: cannot create {entry._target_}: {err}") from err
+    return objects
+
+
+def check_sizes(model: SegmentationModule, datamodule: pl.LightningDataModule) -> None:
+    """Patches and inference windows must be large enough for the network's stride."""
+    least = model.net.min_input_size
+    name = model.hparams.network["name"]
+    patch = getattr(datamodule, "patch_size", None)
+    if patch is not None and patch < least:
+        raise ValueError(
+            f"data.patch_size={patch} is too small for {name}, which needs at least {least} voxels per axis; "
+            f"pass data.patch_size={least} (or larger)."
+        )
+    roi = model.inference_config.roi_size
+    if min(roi) < least:
+        raise ValueError(
+            f"model.inference.roi_size={list(roi)} is too small for {name}, which needs at least {least} voxels "
+            f"per axis; pass model.inference.roi_size={least} (or larger)."
+        )
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit the configured model on the configured data.
+
+    Returns:
+        The final metrics (``trainer.callback_metrics`` as floats, plus ``best/<monitor>``) and the
+        objects built (``trainer``, ``model``, ``datamodule``, ``best_checkpoint``).
+    """
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = checkpoint_to_resume(cfg)
+
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    preprocess = OmegaConf.to_container(cfg.data.preprocess, resolve=True) if "preprocess" in cfg.data else None
+    model: SegmentationModule = hydra.utils.instantiate(
+        cfg.model,
+        preprocess=preprocess,
+        max_nonfinite=cfg.max_nonfinite,
+        compile=cfg.compile,
+        channels_last=cfg.channels_last,
+        _convert_="all",
+    )
+    check_sizes(model, datamodule)
+    callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
+    loggers = instantiate_all(cfg.get("logger"), "logger")
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg["precision"] = resolve_precision(cfg.trainer)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        finish_wandb(trainer)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+    best = trainer.checkpoint_callback
+    best_path = getattr(best, "best_model_path", "") or None
+    if best_path and getattr(best, "best_model_score", None) is not None:
+        metrics[f"best/{cfg.monitor.metric}"] = float(best.best_model_score)
+    if trainer.is_global_zero:
+        report(cfg, trainer, metrics, best_path)
+    return metrics, {"trainer": trainer, "model": model, "datamodule": datamodule, "best_checkpoint": best_path}
+
+
+def finish_wandb(trainer: pl.Trainer) -> None:
+    """Close the W&B run, so its files are complete and the next run in this process (a sweep
+    trial) starts its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero and logger._experiment is not None:
+            logger.experiment.finish()
+
+
+def report(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, float], best_path: str | None) -> None:
+    """Where the results are, and the final scores."""
+    run_dir = Path(trainer.default_root_dir)
+    monitor = cfg.monitor.metric
+    lines = [f"Run directory: {run_dir}"]
+    if monitor in metrics:
+        regions = "  ".join(
+            f"{r.upper()} {metrics[f'val/dice_{r}']:.3f}" for r in ("wt", "tc", "et") if f"val/dice_{r}" in metrics
+        )
+        lines.append(f"Final {monitor}: {metrics[monitor]:.4f}  ({regions})")
+    if f"best/{monitor}" in metrics:
+        lines.append(f"Best {monitor}: {metrics[f'best/{monitor}']:.4f}")
+    for label, path in (
+        ("Best checkpoint", best_path),
+        ("Last checkpoint", run_dir / "checkpoints" / "last.ckpt"),
+        ("Loss/score plot", run_dir / "loss_score.png"),
+        ("CSV metrics", run_dir / "csv" / "metrics.csv"),
+    ):
+        if path and Path(path).exists():
+            lines.append(f"{label}: {path}")
+    print("\n".join(lines), flush=True)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """``train`` plus what the command line needs: the sweep objective, and clean failures."""
+    try:
+        metrics, _ = train(cfg)
+    except NonFiniteLossError as err:
+        log.error("%s", err)
+        if _in_sweep():
+            return float("nan")  # a failed trial, not a failed sweep
+        raise SystemExit(1) from err
+    value = metrics.get(cfg.monitor.metric)
+    if value is None or not math.isfinite(value):
+        log.warning("The monitored metric %s was not computed.", cfg.monitor.metric)
+        return None
+    return value
+
+
+def _in_sweep() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+    except ValueError:
+        return False

@@ -1,0 +1,348 @@
+"""Training: config composition, a run of each network, checkpoints, DDP, sweeps, resume, faults, logging."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from train_helpers import CONF, ROOT, tiny_overrides
+
+from tumorseg.callbacks import AtomicCheckpointIO
+from tumorseg.module import NonFiniteLossError, SegmentationModule, build_optimizer, schedule_factor
+from tumorseg.train import find_last_checkpoint, register_resolvers, resolve_precision, train
+
+register_resolvers()
+GROUPS = ["model", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search", "debug"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def make_cfg(overrides: list[str], run_dir: Path, hydra_config: bool = False):
+    if not any(o.startswith("paths.root_dir=") for o in overrides):
+        overrides = [*overrides, f"paths.root_dir={run_dir.parent}"]  # no ${hydra:runtime.cwd} outside a run
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=hydra_config)
+    cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")  # phantoms and cache, shared by this module's runs
+
+
+def run_script(args: list[str], env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def epoch_values(rows: list[dict], key: str) -> dict[int, float]:
+    return {int(r["epoch"]): float(r[key]) for r in rows if r.get(key)}
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+def test_every_group_option_and_experiment_composes(tmp_path):
+    for group in GROUPS:
+        assert options(group), group
+        for option in options(group):
+            overrides = [f"{group}={option}"]
+            if option == "brats" or option.startswith("brats_"):
+                overrides.append("data.root=/data/BraTS2021")  # the one mandatory value
+            cfg = make_cfg(overrides, tmp_path, hydra_config=True)
+            for node in ("model", "data", "trainer", "callbacks", "logger"):
+                OmegaConf.to_container(cfg[node], resolve=True)
+            if group == "hparams_search":
+                assert cfg.hydra.sweeper.direction == "maximize"
+    cfg = make_cfg(["experiment=brats_pspnet3d", "data.root=/x"], tmp_path)
+    assert cfg.model.network.preset == "paper" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.data.patch_size == 128 and cfg.data.batch_size == 2 and cfg.model.labels == "regions"
+    assert cfg.model.inference.roi_size == 128
+
+
+def test_monitored_metric_is_named_once(tmp_path):
+    cfg = make_cfg(["monitor.metric=val/dice_wt"], tmp_path)
+    assert cfg.callbacks.best_checkpoint.monitor == "val/dice_wt"
+    assert cfg.callbacks.early_stopping.monitor == "val/dice_wt"
+    text = "\n".join(p.read_text() for p in CONF.rglob("*.yaml"))
+    assert text.count("val/dice_mean") == 1  # the definition in train.yaml
+
+
+def test_every_model_config_builds_its_network(tmp_path):
+    for name in options("model"):
+        cfg = make_cfg([f"model={name}"], tmp_path)
+        model = instantiate(cfg.model, _convert_="all")
+        assert type(model.net).__name__.lower() == name
+        assert model.hparams.inference["roi_size"] == cfg.data.patch_size
+
+
+def test_precision_follows_the_accelerator():
+    assert resolve_precision(OmegaConf.create({"precision": "auto", "accelerator": "cpu"})) == "32-true"
+    assert resolve_precision(OmegaConf.create({"precision": "16-mixed"})) == "16-mixed"
+    expected = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    assert resolve_precision(OmegaConf.create({"precision": "auto", "accelerator": "auto"})) == expected
+
+
+def test_optimizer_and_schedule_from_config():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = build_optimizer(params, {"name": "rmsprop", "lr": 1e-4})
+    assert isinstance(opt, torch.optim.RMSprop) and opt.param_groups[0]["lr"] == 1e-4
+    with pytest.raises(ValueError, match="model.optimizer.name"):
+        build_optimizer(params, {"name": "adagrad"})
+    with pytest.raises(ValueError, match="rmsprop"):
+        build_optimizer(params, {"name": "rmsprop", "betas": (0.9, 0.99)})
+    poly = schedule_factor("poly", 100, warmup_steps=10, power=0.9)
+    assert poly(0) == pytest.approx(0.1) and poly(9) == pytest.approx(1.0) and poly(10) == pytest.approx(1.0)
+    assert poly(55) == pytest.approx(0.5**0.9) and poly(100) == pytest.approx(0.0)
+    cosine = schedule_factor("cosine", 100, min_factor=0.1)
+    assert cosine(0) == pytest.approx(1.0) and cosine(50) == pytest.approx(0.55) and cosine(100) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="model.scheduler.name"):
+        schedule_factor("step", 10)
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def check_run_dir(run_dir: Path) -> None:
+    for name in ("config.yaml", "split.json", "run_info.json", "csv/metrics.csv", "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["git"]["commit"] and info["packages"]["torch"] == torch.__version__
+    assert info["data"]["cases"] == 6 and len(info["data"]["sha256"]) == 64
+    png = run_dir / "loss_score.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("model", ["arunet3d", "linknet3d", "pspnet3d"])
+def test_fast_run_of_each_network(tmp_path, data_dir, model):
+    run_dir = tmp_path / "run"
+    cfg = make_cfg(tiny_overrides(tmp_path, data_dir, model, epochs=2), run_dir)
+    metrics, objects = train(cfg)
+    check_run_dir(run_dir)
+    for key in (
+        "val/dice_wt",
+        "val/dice_tc",
+        "val/dice_et",
+        "val/dice_mean",
+        "val/loss",
+        "train/loss",
+        "train/dice_mean",
+    ):
+        assert key in metrics, key
+    assert 0.0 <= metrics["val/dice_mean"] <= 1.0 and metrics["train/patches_per_s"] > 0
+    rows = metrics_rows(run_dir)
+    assert sorted(epoch_values(rows, "val/dice_mean")) == [0, 1] and sorted(epoch_values(rows, "train/loss")) == [0, 1]
+
+    # the checkpoint holds plain data only, and rebuilds the same network
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["hyper_parameters"]["network"]["name"] == model
+    restored = SegmentationModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    trained = objects["model"].eval()
+    x = torch.randn(1, 4, 32, 32, 32) if model != "linknet3d" else torch.randn(1, 4, 64, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.eval()(x), trained(x))
+
+
+def test_compile_and_channels_last_keep_checkpoint_keys():
+    plain = SegmentationModule({"name": "arunet3d", "features": [4, 8, 16]})
+    fast = SegmentationModule({"name": "arunet3d", "features": [4, 8, 16]}, compile=True, channels_last=True)
+    fast.configure_model()
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert fast.net._compiled_call_impl is not None  # compiled in place, not wrapped
+    fast.load_state_dict(plain.state_dict())
+    conv = next(m for m in fast.net.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size == (3, 3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_nonfinite_losses_are_skipped_then_stop_training(tmp_path, data_dir, monkeypatch):
+    calls = {"n": 0}
+    real_forward = SegmentationModule.forward
+
+    def forward(self, image):
+        out = real_forward(self, image)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in (2, 3):  # two bad steps, then the run recovers
+                out = out * float("nan")
+        return out
+
+    monkeypatch.setattr(SegmentationModule, "forward", forward)
+    run_dir = tmp_path / "run"
+    probe_override = "+callbacks.weights_probe._target_=train_helpers.WeightsProbe"
+    cfg = make_cfg(
+        [*tiny_overrides(tmp_path, data_dir, epochs=1, batches=4), "max_nonfinite=3", probe_override], run_dir
+    )
+    metrics, objects = train(cfg)
+    assert metrics["train/nonfinite_steps"] == 2.0 and objects["model"].nonfinite["total"] == 2
+    assert all(torch.isfinite(p).all() for p in objects["model"].parameters())
+    probe = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "WeightsProbe")
+    assert probe.changed == [True, False, False, True]  # the two bad steps left the weights alone
+
+    calls["n"] = -100  # from now on every step is bad
+    monkeypatch.setattr(SegmentationModule, "forward", lambda self, image: real_forward(self, image) * float("nan"))
+    run_dir = tmp_path / "run2"
+    cfg = make_cfg([*tiny_overrides(tmp_path, data_dir, epochs=1, batches=4), "max_nonfinite=3"], run_dir)
+    with pytest.raises(NonFiniteLossError, match="not finite for 3 consecutive steps") as err:
+        train(cfg)
+    saved = run_dir / "checkpoints" / "nonfinite-stop.ckpt"
+    assert str(saved) in str(err.value) and "model.optimizer.lr" in str(err.value)
+    ckpt = torch.load(saved, map_location="cpu", weights_only=True)
+    assert ckpt["nonfinite"]["streak"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_offline_wandb_records_the_dice_history(tmp_path, data_dir, monkeypatch):
+    from tumorseg.plots import wandb_epoch_history
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no API key, so offline
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    run_dir = tmp_path / "run"
+    cfg = make_cfg([*tiny_overrides(tmp_path, data_dir, epochs=2), "logger=wandb"], run_dir)
+    metrics, _ = train(cfg)
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    history = wandb_epoch_history(runs[0])
+    csv_dice = epoch_values(metrics_rows(run_dir), "val/dice_mean")
+    assert history["val/dice_mean"] == pytest.approx(csv_dice) and sorted(csv_dice) == [0, 1]
+    panels = list(runs[0].glob("files/media/images/val/panel_*.png"))
+    assert len(panels) == 2  # one per validation
+    assert (run_dir / "csv" / "metrics.csv").is_file()  # CSV always
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def test_ddp_cpu_two_processes_train_and_validate_like_one(tmp_path, data_dir):
+    run_dir = tmp_path / "outputs" / "ddp"
+    probe = tmp_path / "probe"
+    args = [
+        *tiny_overrides(tmp_path, data_dir, epochs=1, batches=2),
+        "trainer=ddp_cpu",
+        "trainer.limit_train_batches=2",
+        "+callbacks.rank_probe._target_=train_helpers.RankProbe",
+        f"+callbacks.rank_probe.out_dir={probe}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    done = run_script(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2] and all(r["batches"] == 2 for r in ranks)
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+    val_cases = ranks[0]["val_cases"] + ranks[1]["val_cases"]
+    assert len(val_cases) == len(set(val_cases)) == 2  # every validation case once, across ranks
+    # one run directory, written once
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["ddp"]
+    check_run_dir(run_dir)
+
+    # validation Dice under DDP equals one process evaluating the same checkpoint
+    ddp_dice = epoch_values(metrics_rows(run_dir), "val/dice_mean")[0]
+    import lightning.pytorch as pl
+
+    cfg = make_cfg(tiny_overrides(tmp_path, data_dir), tmp_path / "single")
+    model = SegmentationModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path / "single")  # fmt: skip
+    (result,) = trainer.validate(model, datamodule=instantiate(cfg.data, _convert_="all"))
+    assert result["val/dice_mean"] == pytest.approx(ddp_dice, abs=1e-6)
+
+
+def test_optuna_sweep_of_two_trials(tmp_path, data_dir):
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep_dir}",
+        *tiny_overrides(tmp_path, data_dir, epochs=1, batches=2),
+    ]
+    done = run_script(args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert 0.0 <= result.best_value <= 1.0
+    assert set(result.best_params) >= {"model.optimizer.lr", "data.foreground_share"}
+    trials = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(trials) == 2
+    lrs = {OmegaConf.load(t / "config.yaml").model.optimizer.lr for t in trials}
+    assert len(lrs) == 2 and all(1e-4 <= lr <= 3e-3 for lr in lrs)
+
+
+def test_sigkill_then_resume_reaches_the_planned_epochs(tmp_path, data_dir):
+    log_dir = tmp_path / "outputs"
+    args = [
+        *tiny_overrides(tmp_path, data_dir, epochs=3, batches=2),
+        f"paths.log_dir={log_dir}",
+        "task_name=killed",
+        "+callbacks.slow._target_=train_helpers.SlowEpochs",
+        "+callbacks.slow.seconds=3",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    last = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        last = find_last_checkpoint(log_dir / "killed")
+        if last is not None:
+            break
+        time.sleep(0.2)
+    assert last is not None, proc.stderr.read() if proc.poll() is not None else "no checkpoint in time"
+    proc.send_signal(signal.SIGKILL)  # during the sleep after epoch 0
+    proc.wait()
+    first_run = last.parent.parent
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
+
+    done = run_script([*args[:-2], "resume=true"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted((log_dir / "killed" / "runs").iterdir())
+    assert len(runs) == 2 and first_run in runs
+    second_run = next(r for r in runs if r != first_run)
+    ckpt = torch.load(second_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 6  # 3 epochs of 2 batches, none repeated
+    assert sorted(epoch_values(metrics_rows(second_run), "val/dice_mean")) == [1, 2]
+    info = json.loads((second_run / "run_info.json").read_text())
+    assert info["resumed_from"] == str(last)
+    assert info["previous_metrics"] == [str(first_run / "csv" / "metrics.csv")]
+    assert (second_run / "loss_score.png").stat().st_size > 10_000
