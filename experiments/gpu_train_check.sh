@@ -2,7 +2,10 @@
 # GPU check of training: for each network, one epoch of its brats_<net> recipe (4 modalities,
 # regions, 128^3 patches, batch 2, bf16, paper widths) on full-size synthetic phantoms with the CSV
 # logger, next to the model-only step benchmark of the same network and settings on this card.
-# Prints a last table: end-to-end training patches/s, model-only patches/s, and their ratio.
+# Then predict.py with each one-epoch checkpoint on one full-size case, next to the infer benchmark
+# (MONAI vs TorchIO sliding window, overlap 0.5, no mirroring) of the same network on this card.
+# Prints last: training patches/s end to end vs model only, and predict.py's time per case vs the
+# pure sliding-window time.
 # Usage, from the repository root on a machine with one CUDA GPU:
 #   bash experiments/gpu_train_check.sh [OUT_DIR]
 # Where torchio, nibabel, hydra or monai are missing, wheels in .whl/ are used
@@ -20,6 +23,10 @@ for model in arunet3d linknet3d pspnet3d; do
   python train.py experiment=brats_$model data.root="$out/phantoms" data.cache_dir="$out/cache" \
     data.num_workers="$workers" data.samples_per_volume=8 data.queue_length=32 trainer.max_epochs=1 \
     trainer.limit_val_batches=1 logger=csv callbacks.throughput.warmup_steps=10 hydra.run.dir="$out/train_$model"
+  python experiments/benchmark.py infer --model "$model" --preset paper --shape 240 240 155 --roi 128 \
+    --overlap 0.5 --sw-batch 2 --bf16 --device cuda --repeats 3 --jsonl "$out/infer.jsonl"
+  python predict.py ckpt_path="$out/train_$model/checkpoints/last.ckpt" input="$out/phantoms/BraTS20_Training_001" \
+    output_dir="$out/seg_$model" overwrite=true evaluate=false hydra.run.dir="$out/predict_$model" | tee "$out/predict_$model.txt"
 done
 
 python - "$out" <<'PY'
@@ -35,4 +42,12 @@ for model in ("arunet3d", "linknet3d", "pspnet3d"):
     train = [float(r["train/patches_per_s"]) for r in rows if r.get("train/patches_per_s")][-1]
     only = steps[model]["patches_per_s"]
     print(f"| {model} | {train:.2f} | {only:.2f} | {train / only:.2f} |")
+infer = {r["model"]: r for r in map(json.loads, (out / "infer.jsonl").read_text().splitlines()) if r.get("backend") == "monai"}
+print("\n| network | predict.py s/case (read + infer + write) | sliding window s/case | ratio |")
+print("|---|---:|---:|---:|")
+for model in ("arunet3d", "linknet3d", "pspnet3d"):
+    line = next(l for l in (out / f"predict_{model}.txt").read_text().splitlines() if l.startswith("Median per case"))
+    parts = [float(w) for w in line.replace(",", " ").split() if w.replace(".", "", 1).isdigit()]
+    total = sum(parts)
+    print(f"| {model} | {total:.2f} | {infer[model]['s']:.2f} | {total / infer[model]['s']:.2f} |")
 PY

@@ -107,3 +107,61 @@ def test_data(tmp_path):
     memory = records[("loader_peak_gib", None)]
     assert memory["peak_gib"] >= memory["baseline_gib"] > 0 and memory["patches"] == 4
     assert "speed-up of the cache over naive" in result.stdout
+
+
+def test_infer(tmp_path):
+    jsonl = tmp_path / "infer.jsonl"
+    args = "--model arunet3d --preset light --shape 24 20 16 --roi 16 --overlap 0.5 --sw-batch 2 --repeats 1"
+    command = [sys.executable, str(BENCHMARK), "infer", *args.split(), "--device", "cpu", "--jsonl", str(jsonl)]
+    # one thread: two OpenMP threads slow down tenfold when another process holds one of two cores
+    env = {**ENV, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "hann" in result.stdout and "s/case" in result.stdout  # the table
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["backend"] for r in records] == ["monai", "torchio"]
+    monai, torchio = records
+    assert (monai["blending"], torchio["blending"]) == ("gaussian", "hann")
+    for r in records:
+        assert r["benchmark"] == "infer" and r["error"] is None
+        assert (r["model"], r["preset"], r["shape"]) == ("arunet3d", "light", [24, 20, 16])
+        assert (r["roi"], r["overlap"], r["sw_batch"], r["bf16"], r["mirror"]) == (16, 0.5, 2, False, False)
+        assert (r["in_channels"], r["out_channels"], r["device"], r["repeats"]) == (4, 3, "cpu", 1)
+        assert r["device_name"] and r["torchio_patch_overlap"] == 8
+        assert r["windows"] == 4  # 2 x 2 x 1 windows of 16^3 with a step of 8
+        assert math.isfinite(r["s"]) and r["s"] > 0 and r["s_min"] <= r["s"]
+        if sys.platform == "linux":  # peak RSS growth; None elsewhere
+            assert r["peak_mem_gib"] >= 0 and r["peak_mem_gib"] == r["host_rss_growth_gib"]
+        # untrained weights disagree between overlapping windows, so the blendings differ a little
+        assert 0.9 < r["threshold_agreement"] <= 1 and 0.9 < r["threshold_dice"] <= 1
+        assert 0 <= r["argmax_agreement"] <= 1
+    assert monai["time_ratio_vs_monai"] == 1.0
+    assert torchio["time_ratio_vs_monai"] == pytest.approx(torchio["s"] / monai["s"])
+    faster = "faster here by" if torchio["s"] >= monai["s"] else "slower here by"
+    assert f"predict.py uses MONAI's sliding window ({faster}" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def benchmark_module():
+    """experiments/benchmark.py imported in this process: argument errors need no subprocess."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_under_test", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [("--roi 48", "larger than the case"), ("--roi 16 --model linknet3d", "--roi 64"), ("--overlap 1", "[0, 1)")],
+)
+def test_infer_rejects_bad_windows(benchmark_module, args, message):
+    base = "infer --model arunet3d --shape 40 36 32 --device cpu".split()
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_module.main([*base, *args.split()])  # fails before any measurement starts
+    assert message in str(exit_info.value.code)

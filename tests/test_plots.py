@@ -201,6 +201,7 @@ def wandb_run(tmp_path_factory):
         run.log({"epoch": 3, "nested": {"a": 1.5}, "big": "x" * 70_000})  # a record over two 32 KiB blocks
         run_dir = Path(run.dir).parent  # run.dir is <run folder>/files
         run.finish()
+        wandb.teardown()  # finish() may return before wandb-core has written the last records
     return run_dir
 
 

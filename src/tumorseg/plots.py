@@ -445,6 +445,124 @@ def segmentation_panel(
     return fig
 
 
+def orthogonal_views(
+    image: np.ndarray,
+    label: np.ndarray,
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    modality: str = "FLAIR",
+    title: str | None = None,
+    centre: tuple[int, int, int] | None = None,
+) -> Figure:
+    """Axial, coronal and sagittal slices of one scan through one voxel, with the segmentation over them.
+
+    Args:
+        image: (X, Y, Z) scan of one channel, e.g. the FLAIR one.
+        label: (X, Y, Z) internal label map (0 background, 1 NCR, 2 ED, 3 ET), ground truth or
+            prediction, drawn semi-transparently in ``CLASS_COLOURS``.
+        spacing: voxel size along X, Y and Z (mm); sets each panel's aspect ratio so anisotropic
+            volumes are not distorted. Defaults to isotropic.
+        modality: name of the scan for the figure title ("flair", "t1", ... are spelled as in
+            ``MODALITY_TITLES``). Defaults to "FLAIR".
+        title: text before the description in the figure title.
+        centre: (x, y, z) voxel the three planes go through. Defaults to the tumour's (``label > 0``)
+            centre of mass, rounded to the nearest voxel, or to the volume centre (``shape // 2``)
+            when there is no tumour, which the figure title then says ("no tumour segmented").
+
+    The orientation is ``segmentation_panel``'s for BraTS's LPS voxel order: slices are transposed,
+    the patient's right on the viewer's left; the axial panel has anterior at the top (origin
+    "upper"), the coronal and sagittal ones superior at the top (origin "lower"). Each panel is
+    titled with its plane and slice index and carries thin crosshair lines where the other two
+    planes cut it. The scan is windowed to the 1st-99th percentile of the volume's non-zero voxels,
+    the same window in all three panels. The legend (NCR, ED, ET) is below the panels.
+
+    Returns:
+        The figure, with an Agg canvas and the voxel shown as ``fig.centre``, an (x, y, z) tuple
+        of ints.
+
+    Raises:
+        ValueError: ``image`` and ``label`` are not 3D or their shapes differ, ``spacing`` is not
+            three positive numbers, or ``centre`` is not a voxel of the volume.
+    """
+    image = np.asarray(image)
+    label = np.asarray(label)
+    if image.ndim != 3 or label.shape != image.shape:
+        raise ValueError(
+            f"Expected image and label of the same (X, Y, Z) shape; got image {image.shape}, label {label.shape}."
+        )
+    sizes = tuple(float(s) for s in np.ravel(spacing)) if np.size(spacing) == 3 else ()
+    if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
+        raise ValueError(f"spacing must be three positive voxel sizes (x, y, z), got {spacing!r}.")
+    shape = image.shape
+    tumour = label > 0
+    has_tumour = bool(tumour.any())
+    if centre is not None:
+        if len(centre) != 3 or not all(0 <= int(c) < n for c, n in zip(centre, shape)):
+            raise ValueError(f"centre {tuple(centre)} is not a voxel of a volume of shape {shape}.")
+        point = tuple(int(c) for c in centre)
+        where = "through voxel"
+    elif has_tumour:
+        point = tuple(int(c) for c in np.rint(np.argwhere(tumour).mean(axis=0)))
+        where = "through the tumour's centre of mass"
+    else:
+        point = tuple(n // 2 for n in shape)
+        where = "through the volume centre"
+    x, y, z = point
+    sx, sy, sz = sizes
+    low, high = _window(image)
+
+    # plane, slice axis, (columns, rows) voxel axes after the transpose, origin, crosshair (vertical, horizontal)
+    views = [
+        ("axial", 2, (0, 1), "upper", (x, y)),
+        ("coronal", 1, (0, 2), "lower", (x, z)),
+        ("sagittal", 0, (1, 2), "lower", (y, z)),
+    ]
+    widths = [shape[cols] * sizes[cols] for _, _, (cols, _), _, _ in views]
+    heights = [shape[rows] * sizes[rows] for _, _, (_, rows), _, _ in views]
+    scale = 9.0 / sum(widths)  # inches per mm, the panels spanning about 9 inches
+    height = round(min(max(max(heights) * scale + 1.2, 3.0), 9.0), 1)  # tenths of an inch: whole pixels at 120 dpi
+    fig = Figure(figsize=(9.6, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, width_ratios=widths)
+    for ax, (plane, axis, (cols, rows), origin, (vertical, horizontal)) in zip(axes, views):
+        index = point[axis]
+        ax.imshow(
+            np.take(image, index, axis=axis).T,
+            cmap="gray",
+            vmin=low,
+            vmax=high,
+            origin=origin,
+            interpolation="nearest",
+            aspect=sizes[rows] / sizes[cols],
+        )
+        ax.imshow(
+            _overlay(np.take(label, index, axis=axis).T),
+            origin=origin,
+            interpolation="nearest",
+            aspect=sizes[rows] / sizes[cols],
+        )
+        for line in (ax.axvline(vertical), ax.axhline(horizontal)):
+            line.set(color="cyan", linewidth=0.6, alpha=0.6)
+        ax.set_title(f"{plane} slice {index} of {shape[axis]}")
+        ax.set_axis_off()
+    fig.legend(
+        handles=[Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in CLASS_COLOURS.values()],
+        loc="outside lower center",
+        ncols=len(CLASS_COLOURS),
+        fontsize=9,
+        frameon=False,
+    )
+    name = MODALITY_TITLES.get(modality.lower(), modality)
+    text = f"{name} with segmentation {where} ({x}, {y}, {z})"
+    if not has_tumour:
+        text += ", no tumour segmented"
+    if (sx, sy, sz) != (1.0, 1.0, 1.0):
+        text += f", voxels {sx:g} x {sy:g} x {sz:g} mm"
+    fig.suptitle(f"{title}, {text}" if title else text)
+    fig.centre = point
+    return fig
+
+
 def _largest_tumour_slice(labels: np.ndarray, axis: int) -> int:
     area = np.count_nonzero(labels > 0, axis=tuple(a for a in range(3) if a != axis))
     return int(np.argmax(area)) if area.any() else labels.shape[axis] // 2

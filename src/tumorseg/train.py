@@ -185,9 +185,15 @@ def finish_wandb(trainer: pl.Trainer) -> None:
     trial) starts its own."""
     from lightning.pytorch.loggers import WandbLogger
 
+    finished = False
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero and logger._experiment is not None:
             logger.experiment.finish()
+            finished = True
+    if finished:
+        import wandb
+
+        wandb.teardown()  # finish() may return before wandb-core has written the last records
 
 
 def report(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, float], best_path: str | None) -> None:

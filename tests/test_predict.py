@@ -1,0 +1,193 @@
+"""predict.py: geometry and label conventions per layout, ensembles, outputs, failures, the real exam."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from brats_fixtures import corrupt_file, write_dataset
+from hydra import compose, initialize_config_dir
+from train_helpers import CONF, ROOT
+
+from tumorseg.module import SegmentationModule
+from tumorseg.predict import PredictionError, postprocess, run
+from tumorseg.train import register_resolvers
+
+register_resolvers()
+REAL_CASE = ROOT.parent / "shared" / "data" / "BraTS-GLI-00001-000"
+SHAPE = (20, 18, 16)
+# internal class -> value written, per layout
+WRITTEN = {"brats2020": (0, 1, 2, 4), "brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3), "msd": (0, 2, 1, 3)}
+
+
+def stand_in(
+    path: Path, regions: tuple[float, float, float], modalities=("flair", "t1", "t1ce", "t2"), roi: int = 16
+) -> Path:
+    """A checkpoint whose network outputs the constant region logits ``regions`` (WT, TC, ET)."""
+    model = SegmentationModule(
+        {"name": "arunet3d", "features": [4, 8, 16]},
+        modalities=list(modalities),
+        inference={"roi_size": roi, "sw_batch_size": 2},
+    )
+    head = [m for m in model.net.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 3][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor(regions))
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+            "epoch": 0,
+            "global_step": 0,
+        },
+        path,
+    )
+    return path
+
+
+def predict_cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("predict", overrides=[f"paths.root_dir={tmp_path}", "progress=false", "workers=0", *overrides])
+    return cfg
+
+
+@pytest.mark.parametrize("layout", ["brats2020", "brats2021", "brats2023", "msd"])
+def test_geometry_and_label_convention_of_each_layout(tmp_path, layout):
+    data = tmp_path / "data"
+    ids = write_dataset(data, layout, 2, shape=SHAPE, spacing=(1.0, 1.2, 1.5))
+    ckpt = stand_in(tmp_path / "ncr.ckpt", (10.0, 10.0, -10.0))  # WT and TC, no ET: necrosis
+    out = tmp_path / "seg"
+    status = run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", "evaluate=false"))
+    assert status == 0
+    for case_id in ids:
+        source = next(p for p in sorted(data.rglob(f"{case_id}*")) if p.is_file() and "seg" not in p.name)
+        if layout == "msd":
+            source = data / "imagesTr" / f"{case_id}.nii.gz"
+        src = nib.load(source)
+        seg = nib.load(out / f"{case_id}.nii.gz")
+        assert seg.shape == src.shape[:3] and seg.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(seg.affine, src.affine)
+        assert seg.header.get_zooms()[:3] == pytest.approx(src.header.get_zooms()[:3])
+        values = np.unique(np.asarray(seg.dataobj))
+        assert set(values) == {WRITTEN[layout][1]}  # NCR over the brain's box, the whole volume here
+        assert (out / f"{case_id}.png").stat().st_size > 5_000
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case_id"] for r in rows] == ids
+    assert all(float(r["wt_cm3"]) == float(r["tc_cm3"]) > 0 and float(r["et_cm3"]) == 0 for r in rows)
+
+
+def test_ensemble_averages_probabilities_and_postprocessing(tmp_path):
+    data = tmp_path / "data"
+    (case_id,) = write_dataset(data, "brats2020", 1, shape=SHAPE)
+    everything = stand_in(tmp_path / "a.ckpt", (10.0, 10.0, 10.0))  # ET
+    whole_only = stand_in(tmp_path / "b.ckpt", (10.0, -10.0, -10.0))  # ED
+    out = tmp_path / "seg"
+    run(predict_cfg(tmp_path, f"ckpt_path=[{everything},{whole_only}]", f"input={data}", f"output_dir={out}"))
+    values = set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj)))
+    assert values == {2}  # TC and ET average to 0.5, not above the 0.5 threshold: edema
+
+    out = tmp_path / "post"
+    run(predict_cfg(tmp_path, f"ckpt_path={everything}", f"input={data}", f"output_dir={out}", "et_min_voxels=100000"))
+    assert set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj))) == {1}  # small ET -> NCR
+    label = np.array([0, 3, 3, 2])
+    assert postprocess(label, 3)[0].tolist() == [0, 1, 1, 2] and postprocess(label, 2)[0].tolist() == [0, 3, 3, 2]
+
+
+def test_outputs_are_kept_unless_overwrite_and_references_are_evaluated(tmp_path):
+    data = tmp_path / "data"
+    ids = write_dataset(data, "brats2021", 2, shape=SHAPE)
+    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
+    out = tmp_path / "seg"
+    cfg = predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", "save_probabilities=true")
+    assert run(cfg) == 0
+    first = (out / f"{ids[0]}.nii.gz").stat().st_mtime_ns
+    probs = nib.load(out / "probabilities" / f"{ids[0]}.nii.gz")
+    assert probs.shape == (*SHAPE, 3)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["case_id"] for r in rows} == set(ids) and {r["region"] for r in rows} == {"wt", "tc", "et"}
+    assert run(cfg) == 0 and (out / f"{ids[0]}.nii.gz").stat().st_mtime_ns == first
+    cfg.overwrite = True
+    assert run(cfg) == 0 and (out / f"{ids[0]}.nii.gz").stat().st_mtime_ns != first
+
+
+def test_a_bad_case_is_reported_and_the_others_run(tmp_path):
+    data = tmp_path / "data"
+    ids = write_dataset(data, "brats2020", 3, shape=SHAPE)
+    corrupt_file(data / ids[1] / f"{ids[1]}_t1ce.nii.gz")
+    out = tmp_path / "seg"
+    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
+    assert run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", "evaluate=false")) == 1
+    assert (out / f"{ids[0]}.nii.gz").exists() and (out / f"{ids[2]}.nii.gz").exists()
+    assert not (out / f"{ids[1]}.nii.gz").exists()
+
+
+def test_explicit_files_and_their_errors(tmp_path):
+    data = tmp_path / "data"
+    (case_id,) = write_dataset(data, "brats2020", 1, shape=SHAPE)
+    files = {m: data / case_id / f"{case_id}_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2")}
+    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
+    out = tmp_path / "seg"
+    given = [f"files.{m}={p}" for m, p in files.items()]
+    assert run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"output_dir={out}", *given)) == 0
+    seg = nib.load(out / f"{case_id}.nii.gz")  # the case id comes from the FLAIR file's name
+    assert set(np.unique(np.asarray(seg.dataobj))) == {4}
+
+    with pytest.raises(PredictionError, match="files.t1ce is missing"):
+        run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"output_dir={out}", *given[:2], given[3]))
+    flair_only = stand_in(tmp_path / "flair.ckpt", (10.0, 10.0, 10.0), modalities=("flair",))
+    out2 = tmp_path / "seg2"
+    assert run(predict_cfg(tmp_path, f"ckpt_path={flair_only}", f"output_dir={out2}", given[0])) == 0
+    with pytest.raises(PredictionError, match=r"trained on \['flair'\]; files.flair is missing"):
+        run(predict_cfg(tmp_path, f"ckpt_path={flair_only}", f"output_dir={out2}", given[1]))
+
+
+def test_checkpoint_errors(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, "brats2020", 1, shape=SHAPE)
+    with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
+        run(predict_cfg(tmp_path, f"ckpt_path={tmp_path / 'nothing.ckpt'}", f"input={data}"))
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(stand_in(tmp_path / "m.ckpt", (0.0, 0.0, 0.0)).read_bytes()[:500])
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        run(predict_cfg(tmp_path, f"ckpt_path={broken}", f"input={data}"))
+    with pytest.raises(ValueError, match="0" * 64):
+        run(predict_cfg(tmp_path, f"ckpt_path={tmp_path / 'm.ckpt'}", f"ckpt_sha256={'0' * 64}", f"input={data}"))
+
+
+def test_command_line_exit_status(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, "brats2023", 1, shape=SHAPE)
+    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, -10.0, -10.0))
+    args = [sys.executable, str(ROOT / "predict.py"), f"paths.root_dir={tmp_path}", "progress=false"]
+    done = subprocess.run([*args, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={tmp_path / 'seg'}"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 written" in done.stdout
+    done = subprocess.run([*args, f"ckpt_path={tmp_path / 'missing.ckpt'}", f"input={data}"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "missing.ckpt" in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="the real BraTS 2023 exam is not present")
+def test_the_real_exam(tmp_path):
+    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
+    out = tmp_path / "seg"
+    assert (
+        run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={REAL_CASE}", f"output_dir={out}", "overlap=0.1")) == 0
+    )
+    src = nib.load(REAL_CASE / "BraTS-GLI-00001-000-t2f.nii.gz")
+    seg = nib.load(out / "BraTS-GLI-00001-000.nii.gz")
+    assert seg.shape == src.shape
+    np.testing.assert_allclose(seg.affine, src.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) == {0, 3}  # ET inside the brain, in 2023 values
+    assert (out / "BraTS-GLI-00001-000.png").stat().st_size > 10_000
