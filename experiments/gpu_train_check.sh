@@ -10,21 +10,27 @@
 #   bash experiments/gpu_train_check.sh [OUT_DIR]
 # Where torchio, nibabel, hydra or monai are missing, wheels in .whl/ are used
 # (../shared/tools/device-wheels.sh, plus `pip download --no-deps monai -d .whl`).
+# A CPU dry run of the whole script (minutes, tiny sizes): DEVICE=cpu TRAINER=cpu PRESET=light
+#   SHAPE="80 72 64" PATCH=64 CASES=6 SPV=2 WARMUP=1 REPEATS=1 bash experiments/gpu_train_check.sh /tmp/dry
 set -euo pipefail
 out=${1:-outputs/gpu_train}
+DEVICE=${DEVICE:-cuda} TRAINER=${TRAINER:-gpu} PRESET=${PRESET:-paper} SHAPE=${SHAPE:-240 240 155}
+PATCH=${PATCH:-128} CASES=${CASES:-12} SPV=${SPV:-8} WARMUP=${WARMUP:-10} REPEATS=${REPEATS:-3}
 mkdir -p "$out"
 source experiments/gpu_env.sh
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
+read -r -a shape <<< "$SHAPE"
 
-python -m tumorseg.data.synthetic "$out/phantoms" --cases 12 --shape 240 240 155 --workers "$workers"
+python -m tumorseg.data.synthetic "$out/phantoms" --cases "$CASES" --shape "${shape[@]}" --workers "$workers"
 for model in arunet3d linknet3d pspnet3d; do
-  python experiments/benchmark.py step --model "$model" --preset paper --patch 128 --batch 2 --out-channels 3 \
-    --modes bf16 --device cuda --jsonl "$out/step.jsonl"
-  python train.py experiment=brats_$model data.root="$out/phantoms" data.cache_dir="$out/cache" \
-    data.num_workers="$workers" data.samples_per_volume=8 data.queue_length=32 trainer.max_epochs=1 \
-    trainer.limit_val_batches=1 logger=csv callbacks.throughput.warmup_steps=10 hydra.run.dir="$out/train_$model"
-  python experiments/benchmark.py infer --model "$model" --preset paper --shape 240 240 155 --roi 128 \
-    --overlap 0.5 --sw-batch 2 --bf16 --device cuda --repeats 3 --jsonl "$out/infer.jsonl"
+  python experiments/benchmark.py step --model "$model" --preset "$PRESET" --patch "$PATCH" --batch 2 --out-channels 3 \
+    --modes bf16 --device "$DEVICE" --jsonl "$out/step.jsonl"
+  python train.py experiment=brats_$model trainer="$TRAINER" model.network.preset="$PRESET" data.patch_size="$PATCH" \
+    data.root="$out/phantoms" data.cache_dir="$out/cache" data.num_workers="$workers" data.samples_per_volume="$SPV" \
+    data.queue_length=32 trainer.max_epochs=1 trainer.limit_val_batches=1 logger=csv \
+    callbacks.throughput.warmup_steps="$WARMUP" hydra.run.dir="$out/train_$model"
+  python experiments/benchmark.py infer --model "$model" --preset "$PRESET" --shape "${shape[@]}" --roi "$PATCH" \
+    --overlap 0.5 --sw-batch 2 --bf16 --device "$DEVICE" --repeats "$REPEATS" --jsonl "$out/infer.jsonl"
   python predict.py ckpt_path="$out/train_$model/checkpoints/last.ckpt" input="$out/phantoms/BraTS20_Training_001" \
     output_dir="$out/seg_$model" overwrite=true evaluate=false hydra.run.dir="$out/predict_$model" | tee "$out/predict_$model.txt"
 done
@@ -34,7 +40,7 @@ import csv, json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 steps = {r["model"]: r for r in map(json.loads, (out / "step.jsonl").read_text().splitlines()) if r["mode"] == "bf16"}
-print(f"\ncard: {next(iter(steps.values())).get('device', '?')}")
+print(f"\ndevice: {next(iter(steps.values())).get('device_name') or next(iter(steps.values())).get('device', '?')}")
 print("| network | training patches/s (end to end) | model-only patches/s | ratio |")
 print("|---|---:|---:|---:|")
 for model in ("arunet3d", "linknet3d", "pspnet3d"):

@@ -171,7 +171,9 @@ class _Cases(Dataset):
     """Reads and preprocesses cases in DataLoader workers; a failure becomes an error record."""
 
     def __init__(self, items: list[InputCase], groups: list[ModelGroup]):
-        self.items, self.groups = items, groups
+        # only what the workers need: no models in the worker processes
+        self.items = items
+        self.groups = [(g.modalities, g.preprocess) for g in groups]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -180,12 +182,12 @@ class _Cases(Dataset):
         item = self.items[index]
         start = time.perf_counter()
         try:
-            needed = sorted({m for g in self.groups for m in g.modalities}, key=MODALITIES.index)
+            needed = sorted({m for modalities, _ in self.groups for m in modalities}, key=MODALITIES.index)
             arrays, affine, spacing, header = read_case(item, needed)
             inputs = []
-            for group in self.groups:
-                volume = Volume(np.stack([arrays[m] for m in group.modalities]), None, affine, spacing)
-                image, _, meta = preprocess(volume, group.preprocess, item.case_id)
+            for modalities, config in self.groups:
+                volume = Volume(np.stack([arrays[m] for m in modalities]), None, affine, spacing)
+                image, _, meta = preprocess(volume, config, item.case_id)
                 inputs.append((torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), meta))
         except (CaseError, ValueError, OSError) as err:
             return {"item": item, "error": str(err)}
@@ -195,6 +197,10 @@ class _Cases(Dataset):
             "display": display, "display_name": "FLAIR" if "flair" in arrays else next(iter(arrays)).upper(),
             "read_s": time.perf_counter() - start,
         }  # fmt: skip
+
+
+def _first(record: dict) -> dict:
+    return record  # batch_size=None: each record is one case, nothing to collate
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -303,7 +309,7 @@ def predict(items: list[InputCase], models: Sequence[SegmentationModule], settin
 
     loader = DataLoader(
         _Cases(todo, groups), batch_size=None, num_workers=min(settings.workers, len(todo)),
-        collate_fn=lambda x: x, prefetch_factor=1 if settings.workers > 0 and todo else None,
+        collate_fn=_first, prefetch_factor=1 if settings.workers > 0 and todo else None,
     )  # fmt: skip
     from rich.progress import Progress
 
