@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from brats_fixtures import file_states, write_case, write_dataset
 
 from tumorseg.data import cache as cache_module
@@ -149,9 +150,55 @@ def test_cases_with_problems_are_left_out_and_named(tmp_path):
 
 
 def test_bad_settings_name_the_field():
-    for kwargs, field in (({"spacing": (1, 1)}, "spacing"), ({"margin": -1}, "margin"), ({"dtype": "int8"}, "dtype")):
+    for kwargs, field in (
+        ({"spacing": (1, 1)}, "spacing"),
+        ({"margin": -1}, "margin"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"modalities": ["flair", "dwi"]}, "modalities"),
+        ({"modalities": ["flair", "flair"]}, "modalities"),
+        ({"slices": (40, 40)}, "slices"),
+        ({"in_plane": (64,)}, "in_plane"),
+        ({"in_plane": (64, 64), "spacing": (1, 1, 1)}, "in_plane"),
+        ({"crop": "yes"}, "crop"),
+    ):
         with pytest.raises(ValueError, match=f"`{field}`"):
             PreprocessConfig(**kwargs)
+    assert PreprocessConfig(modalities=["flair", "t1", "t1ce", "t2"]) == PreprocessConfig()  # all four: the default
+
+
+def test_the_papers_preprocessing_flair_slices_and_in_plane_resize(phantoms, tmp_path):
+    # the paper: FLAIR only, axial slices 40-103 of 155, whole slices resized in-plane; here scaled down
+    config = PreprocessConfig(modalities=["flair"], slices=(8, 24), in_plane=(16, 20), crop=False)
+    discovery = discover(phantoms, require_labels=True)
+    cache = build_cache(discovery, tmp_path, config, progress=False)
+    assert cache.problems == []
+    for case, entry in zip(discovery.cases, cache.entries):
+        volume = load_case(case)
+        image, label = entry.load()
+        assert image.shape == (1, 16, 20, 16) and label.shape == (16, 20, 16)
+        assert entry.meta["modalities"] == ["flair"]
+        assert entry.meta["crop_start"] == [0, 0, 8] and entry.meta["crop_stop"] == [48, 40, 24]
+        # the stored FLAIR is the source's, resampled: compare against an independent resize
+        flair = volume.image[0][:, :, 8:24]
+        expected = torch.nn.functional.interpolate(
+            torch.from_numpy(np.ascontiguousarray(flair))[None, None], size=(16, 20, 16), mode="trilinear"
+        )[0, 0].numpy()
+        brain = expected != 0
+        stats = entry.meta["normalisation"][0]
+        np.testing.assert_allclose(
+            image[0].astype(np.float32)[brain] * stats["std"] + stats["mean"], expected[brain], rtol=2e-3, atol=1.0
+        )
+        # back on the source grid: outside the slice range is background, inside close to the source
+        restored = restore_geometry(label, entry.meta, label=True)
+        assert restored.shape == volume.label.shape
+        assert not restored[:, :, :8].any() and not restored[:, :, 24:].any()
+        assert (restored[:, :, 8:24] == volume.label[:, :, 8:24]).mean() > 0.9
+    with pytest.raises(ValueError, match="needs 40 axial slices"):
+        cache_module.preprocess(load_case(discovery.cases[0]), PreprocessConfig(slices=(0, 40)), "case")
+    too_deep = build_cache(discovery, tmp_path / "deep", PreprocessConfig(slices=(0, 40)), progress=False)
+    assert (
+        too_deep.entries == [] and len(too_deep.problems) == 3 and "needs 40 axial slices" in str(too_deep.problems[0])
+    )
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the real BraTS 2023 exam is not present")

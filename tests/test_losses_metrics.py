@@ -343,3 +343,20 @@ def test_region_dice_ddp_sync(tmp_path: Path):
         metric.update(pred, target)
         for key, value in metric.compute().items():
             torch.testing.assert_close(synced[per_case][key], value)
+
+
+def test_class_dice_counts_ncr_ed_et_separately():
+    # NCR: 1 of 1 shared; ED: prediction {2}, reference {2, 3}; ET: prediction {3, 4}, reference {4}
+    pred = torch.tensor([[0, 1, 2, 3, 3]])
+    target = torch.tensor([[0, 1, 2, 2, 3]])
+    torch.testing.assert_close(
+        dice_per_case(pred, target, "classes"), torch.tensor([[1.0, 2 / 3, 2 / 3]], dtype=torch.float64)
+    )
+    metric = RegionDice(kind="classes")
+    metric.update(pred, target)
+    metric.update(torch.zeros_like(pred), torch.zeros_like(target))  # nothing anywhere: 1 for every class
+    result = metric.compute()
+    assert set(result) == {"ncr", "ed", "et", "mean"}
+    assert result["ed"].item() == pytest.approx((2 / 3 + 1) / 2)
+    with pytest.raises(ValueError, match="kind"):
+        RegionDice(kind="voxels")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -346,3 +347,52 @@ def test_sigkill_then_resume_reaches_the_planned_epochs(tmp_path, data_dir):
     assert info["resumed_from"] == str(last)
     assert info["previous_metrics"] == [str(first_run / "csv" / "metrics.csv")]
     assert (second_run / "loss_score.png").stat().st_size > 10_000
+
+
+def test_the_papers_setup_flair_only_softmax4_whole_resized_volumes(tmp_path, data_dir):
+    from tumorseg.predict import run as predict_run
+
+    run_dir = tmp_path / "run"
+    overrides = [
+        *tiny_overrides(tmp_path, data_dir, epochs=1, batches=2),
+        "data.preprocess.modalities=[flair]",
+        "data.preprocess.slices=[4,28]",
+        "data.preprocess.in_plane=[32,32]",
+        "data.preprocess.crop=false",
+        "data.patch_size=[32,32,24]",
+        "data.sampler=uniform",
+        "model.labels=softmax4",
+        "model.loss.name=dice",
+        "model.optimizer.name=rmsprop",
+        "model.optimizer.lr=1e-4",
+        "model.scheduler.name=none",
+        "model.scheduler.warmup_epochs=0",
+    ]
+    metrics, objects = train(make_cfg(overrides, run_dir))
+    model = objects["model"]
+    assert model.hparams.modalities == ["flair"] and model.hparams.labels == "softmax4"
+    first_conv = next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv3d))
+    assert first_conv.in_channels == 1
+    assert isinstance(model.optimizers().optimizer, torch.optim.RMSprop)
+    for key in ("val/dice_ncr", "val/dice_ed", "val/dice_et", "val/dice_classes_mean"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    image = objects["datamodule"].train_entries[0].load()[0]
+    assert image.shape == (1, 32, 32, 24)  # FLAIR, resized in-plane, slices 4-27
+
+    # the checkpoint segments a dataset in its own geometry, outside the slice range as background
+    out = tmp_path / "seg"
+    source = objects["datamodule"].root
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[f"paths.root_dir={tmp_path}", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                       f"input={source}", f"output_dir={out}", "progress=false", "workers=0", "evaluate=false"],
+        )  # fmt: skip
+    assert predict_run(cfg) == 0
+    import nibabel as nib
+
+    case = sorted(p for p in source.iterdir() if p.is_dir())[0]
+    seg = nib.load(out / f"{case.name}.nii.gz")
+    assert seg.shape == (48, 40, 32)
+    values = np.asarray(seg.dataobj)
+    assert not values[:, :, :4].any() and not values[:, :, 28:].any()

@@ -27,10 +27,21 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"expected label maps of shape (B, *S), got shape {tuple(pred.shape)}.")
 
 
-def _region_counts(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per case and region voxel counts (B, 3), int64: intersection, prediction, reference."""
-    p = label_regions(pred).flatten(2)
-    t = label_regions(target).flatten(2)
+def label_classes(label: torch.Tensor) -> torch.Tensor:
+    """Internal label map (B, *S) -> boolean masks (B, 3, *S) of the classes NCR, ED, ET."""
+    return torch.stack([label == c for c in (1, 2, 3)], dim=1)
+
+
+MASKS = {"regions": (REGIONS, label_regions), "classes": (("ncr", "ed", "et"), label_classes)}
+
+
+def _region_counts(
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "regions"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per case and region (or class) voxel counts (B, 3), int64: intersection, prediction, reference."""
+    masks = MASKS[kind][1]
+    p = masks(pred).flatten(2)
+    t = masks(target).flatten(2)
     return (p & t).sum(-1), p.sum(-1), t.sum(-1)
 
 
@@ -40,22 +51,23 @@ def _dice(intersection: torch.Tensor, pred_sum: torch.Tensor, target_sum: torch.
     return torch.where(denom > 0, 2.0 * intersection.double() / denom.clamp_min(1), torch.ones_like(denom))
 
 
-def dice_per_case(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dice_per_case(pred: torch.Tensor, target: torch.Tensor, kind: str = "regions") -> torch.Tensor:
     """Hard Dice per case and region, with the BraTS rules for empty masks.
 
     Args:
         pred: predicted internal label map (B, *S) of integers 0-3.
         target: reference internal label map of the same shape.
+        kind: ``"regions"`` (WT, TC, ET) or ``"classes"`` (NCR, ED, ET). Defaults to ``"regions"``.
 
     Returns:
-        float64 tensor (B, 3) on the inputs' device, columns in ``REGIONS`` order (WT, TC, ET):
+        float64 tensor (B, 3) on the inputs' device, columns in ``REGIONS`` order (WT, TC, ET) or NCR, ED, ET:
         1.0 where the region is empty in both, 0.0 where it is empty in exactly one.
 
     Raises:
         ValueError: when the shapes differ or the maps have no batch dimension.
     """
     _check_pair(pred, target)
-    return _dice(*_region_counts(pred, target))
+    return _dice(*_region_counts(pred, target, kind))
 
 
 class RegionDice(Metric):
@@ -66,19 +78,23 @@ class RegionDice(Metric):
             volumes; see ``dice_per_case`` for empty masks). If False, pool intersection and mask
             sizes over all voxels seen and compute one Dice per region (for training patches);
             a region empty everywhere then scores 1.0. Defaults to True.
+        kind: ``"regions"`` (WT, TC, ET) or ``"classes"`` (NCR, ED, ET: the paper's softmax
+            classes). Defaults to ``"regions"``.
         **kwargs: passed on to ``torchmetrics.Metric`` (e.g. ``sync_on_compute``).
 
-    ``compute()`` returns float32 tensors ``{"wt", "tc", "et", "mean"}``, ``mean`` being the
-    average of the three regions.
+    ``compute()`` returns float32 tensors ``{"wt", "tc", "et", "mean"}`` (or ``{"ncr", "ed", "et",
+    "mean"}``), ``mean`` being the average of the three.
     """
 
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, per_case: bool = True, **kwargs: Any):
+    def __init__(self, per_case: bool = True, kind: str = "regions", **kwargs: Any):
         super().__init__(**kwargs)
-        self.per_case = per_case
+        if kind not in MASKS:
+            raise ValueError(f"`kind` must be one of {sorted(MASKS)}, got {kind!r}.")
+        self.per_case, self.kind = per_case, kind
         n = len(REGIONS)
         if per_case:
             self.add_state("dice_sum", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
@@ -92,10 +108,10 @@ class RegionDice(Metric):
         """Add a batch of predicted and reference internal label maps, both (B, *S)."""
         _check_pair(pred, target)
         if self.per_case:
-            self.dice_sum += dice_per_case(pred, target).sum(0)
+            self.dice_sum += dice_per_case(pred, target, self.kind).sum(0)
             self.cases += pred.shape[0]
         else:
-            intersection, pred_sum, target_sum = _region_counts(pred, target)
+            intersection, pred_sum, target_sum = _region_counts(pred, target, self.kind)
             self.intersection += intersection.sum(0)
             self.pred_sum += pred_sum.sum(0)
             self.target_sum += target_sum.sum(0)
@@ -107,7 +123,8 @@ class RegionDice(Metric):
         else:
             dice = _dice(self.intersection, self.pred_sum, self.target_sum)
         dice = dice.float()
-        return {**{region: dice[i] for i, region in enumerate(REGIONS)}, "mean": dice.mean()}
+        names = MASKS[self.kind][0]
+        return {**{name: dice[i] for i, name in enumerate(names)}, "mean": dice.mean()}
 
 
-__all__ = ["RegionDice", "dice_per_case"]
+__all__ = ["RegionDice", "dice_per_case", "label_classes"]

@@ -152,6 +152,7 @@ class SegmentationModule(pl.LightningModule):
         self.val_loss, self.val_dice_loss = MeanMetric(), MeanMetric()
         self.train_dice = RegionDice(per_case=False)
         self.val_dice = RegionDice(per_case=True)
+        self.val_class_dice = RegionDice(per_case=True, kind="classes")  # NCR, ED: the paper's classes
         self.nonfinite = {"total": 0, "streak": 0, "epoch": 0}
         self.keep_val_sample = False  # set by callbacks that draw a validation case
         self.val_sample: dict | None = None
@@ -245,6 +246,7 @@ class SegmentationModule(pl.LightningModule):
         self.val_loss.update(parts["loss"])
         self.val_dice_loss.update(parts["dice"])
         self.val_dice.update(pred, label)
+        self.val_class_dice.update(pred, label)
         if self.keep_val_sample and batch_idx == 0 and not self.trainer.sanity_checking:
             self.val_sample = {
                 "case_id": batch["case_id"][0],
@@ -256,12 +258,15 @@ class SegmentationModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         dice = self.val_dice.compute()
         values = {f"val/dice_{k}": v for k, v in dice.items()}
+        classes = self.val_class_dice.compute()
+        values["val/dice_ncr"], values["val/dice_ed"] = classes["ncr"], classes["ed"]
+        values["val/dice_classes_mean"] = classes["mean"]
         values["val/loss"] = self.val_loss.compute()
         values["val/dice_loss"] = self.val_dice_loss.compute()
         # already summed over ranks by torchmetrics; sync_dist averages equal values (no warning)
         self.log_dict(values, sync_dist=True, prog_bar=False)
         self.log("dice", values["val/dice_mean"], prog_bar=True, logger=False, sync_dist=True)
-        for metric in (self.val_dice, self.val_loss, self.val_dice_loss):
+        for metric in (self.val_dice, self.val_class_dice, self.val_loss, self.val_dice_loss):
             metric.reset()
 
     # -- optimisation

@@ -151,7 +151,7 @@ def group_models(models: Sequence[SegmentationModule]) -> list[ModelGroup]:
     groups: dict[str, ModelGroup] = {}
     for model in models:
         modalities = tuple(model.hparams.modalities)
-        config = PreprocessConfig(**(model.hparams.get("preprocess") or {}))
+        config = PreprocessConfig(**{**(model.hparams.get("preprocess") or {}), "modalities": modalities})
         key = json.dumps([modalities, config.key])
         groups.setdefault(key, ModelGroup(modalities, config)).models.append(model)
     return list(groups.values())

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import AtomicCheckpointIO
+from .data.labels import MODALITIES
 from .module import NonFiniteLossError, SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,11 @@ def check_sizes(model: SegmentationModule, datamodule: pl.LightningDataModule) -
     least = model.net.min_input_size
     name = model.hparams.network["name"]
     patch = getattr(datamodule, "patch_size", None)
-    if patch is not None and patch < least:
+    sizes = (patch,) * 3 if isinstance(patch, int) else tuple(patch or ())
+    if sizes and min(sizes) < least:
         raise ValueError(
             f"data.patch_size={patch} is too small for {name}, which needs at least {least} voxels per axis; "
-            f"pass data.patch_size={least} (or larger)."
+            f"pass a data.patch_size of at least {least} along every axis."
         )
     roi = model.inference_config.roi_size
     if min(roi) < least:
@@ -142,9 +144,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     preprocess = OmegaConf.to_container(cfg.data.preprocess, resolve=True) if "preprocess" in cfg.data else None
+    # the network's input channels are the modalities the data keeps
+    modalities = list((preprocess or {}).get("modalities") or MODALITIES)
     model: SegmentationModule = hydra.utils.instantiate(
         cfg.model,
         preprocess=preprocess,
+        modalities=modalities,
         max_nonfinite=cfg.max_nonfinite,
         compile=cfg.compile,
         channels_last=cfg.channels_last,

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .labels import MODALITIES
 from .layouts import Case, Discovery, Problem, Volume, check_case
 
 FORMAT_VERSION = 1
@@ -51,11 +52,23 @@ class PreprocessConfig:
         margin: voxels of background kept around the brain's bounding box. Defaults to 0.
         dtype: storage type of the normalised images, ``"float16"`` or ``"float32"``.
             Defaults to ``"float16"``.
+        modalities: the modalities kept, in this order (e.g. ``["flair"]``, as the paper trained),
+            or None for all four. Defaults to None.
+        slices: keep the axial slices ``[start, stop)`` of the source (the paper: 40-103, given as
+            ``[40, 104]``), or None for all. Defaults to None.
+        in_plane: resize every axial slice to this (x, y) size (the paper: 64x64, 224x224 or
+            128x128), or None. Cannot be combined with ``spacing``. Defaults to None.
+        crop: crop x and y (and z, unless ``slices`` is given) to the brain's bounding box; the
+            paper resized whole slices. Defaults to True.
     """
 
     spacing: tuple[float, float, float] | None = None
     margin: int = 0
     dtype: str = "float16"
+    modalities: tuple[str, ...] | None = None
+    slices: tuple[int, int] | None = None
+    in_plane: tuple[int, int] | None = None
+    crop: bool = True
 
     def __post_init__(self):
         if self.spacing is not None:
@@ -67,6 +80,36 @@ class PreprocessConfig:
             raise ValueError(f"`margin` must be a non-negative integer, got {self.margin!r}.")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"`dtype` must be 'float16' or 'float32', got {self.dtype!r}.")
+        if self.modalities is not None:
+            modalities = tuple(self.modalities)
+            if not modalities or len(set(modalities)) != len(modalities) or not set(modalities) <= set(MODALITIES):
+                raise ValueError(
+                    f"`modalities` must be distinct names among {list(MODALITIES)}, or None for all; got {self.modalities!r}."
+                )
+            object.__setattr__(self, "modalities", None if modalities == MODALITIES else modalities)
+        if self.slices is not None:
+            slices = tuple(self.slices)
+            if (
+                len(slices) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) for v in slices)
+                or not 0 <= slices[0] < slices[1]
+            ):
+                raise ValueError(f"`slices` must be [start, stop) with 0 <= start < stop, got {self.slices!r}.")
+            object.__setattr__(self, "slices", slices)
+        if self.in_plane is not None:
+            size = tuple(self.in_plane)
+            if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+                raise ValueError(f"`in_plane` must be two positive integers (x, y), got {self.in_plane!r}.")
+            if self.spacing is not None:
+                raise ValueError("`in_plane` and `spacing` both set the grid; give one of them.")
+            object.__setattr__(self, "in_plane", size)
+        if not isinstance(self.crop, bool):
+            raise ValueError(f"`crop` must be true or false, got {self.crop!r}.")
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The modalities stored, in order."""
+        return self.modalities or MODALITIES
 
     @property
     def key(self) -> str:
@@ -151,10 +194,30 @@ def _resample(array: np.ndarray, shape: tuple[int, int, int], label: bool) -> np
 
 
 def preprocess(volume: Volume, config: PreprocessConfig, case_id: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Crop, resample and normalise one case; returns (image, label, geometry for ``meta.json``)."""
-    start, stop = brain_bbox(volume.image, config.margin)
+    """Select, crop, resample and normalise one case; returns (image, label, geometry for ``meta.json``).
+
+    ``volume.image`` holds the channels of ``config.channels`` (all four modalities in
+    ``MODALITIES`` order, or exactly the configured ones).
+    """
+    source = volume.image
+    if len(source) == len(MODALITIES) and config.modalities is not None:
+        source = source[[MODALITIES.index(m) for m in config.modalities]]
+    if len(source) != len(config.channels):
+        raise ValueError(f"case {case_id}: {len(source)} image channels for the modalities {list(config.channels)}.")
+    shape = source.shape[1:]
+    if config.crop:
+        start, stop = (list(v) for v in brain_bbox(source, config.margin))
+    else:
+        start, stop = [0, 0, 0], list(shape)
+    if config.slices is not None:
+        first, last = config.slices
+        if last > shape[2]:
+            raise ValueError(
+                f"case {case_id}: `slices` [{first}, {last}) needs {last} axial slices, the image has {shape[2]}."
+            )
+        start[2], stop[2] = first, last
     box = tuple(slice(a, b) for a, b in zip(start, stop))
-    image = volume.image[(slice(None), *box)].astype(np.float32)
+    image = source[(slice(None), *box)].astype(np.float32)
     label = None if volume.label is None else volume.label[box]
     cropped_shape = image.shape[1:]
 
@@ -164,12 +227,18 @@ def preprocess(volume: Volume, config: PreprocessConfig, case_id: str) -> tuple[
         image = _resample(image, shape, label=False)
         label = None if label is None else _resample(label, shape, label=True)
         spacing = config.spacing
+    elif config.in_plane is not None and tuple(cropped_shape[:2]) != config.in_plane:
+        shape = (*config.in_plane, cropped_shape[2])
+        spacing = (spacing[0] * cropped_shape[0] / shape[0], spacing[1] * cropped_shape[1] / shape[1], spacing[2])
+        image = _resample(image, shape, label=False)
+        label = None if label is None else _resample(label, shape, label=True)
 
     brain = np.any(image != 0, axis=0)
     stats = []
     for channel in image:
         values = channel[brain]
-        mean, std = float(values.mean()), float(values.std())
+        # a slice range may hold no brain at all: leave such a channel at zero
+        mean, std = (float(values.mean()), float(values.std())) if values.size else (0.0, 1.0)
         channel -= mean
         channel /= max(std, 1e-8)
         channel[~brain] = 0
@@ -186,6 +255,7 @@ def preprocess(volume: Volume, config: PreprocessConfig, case_id: str) -> tuple[
         "stored_shape": list(image.shape[1:]),
         "stored_spacing": list(spacing),
         "normalisation": stats,
+        "modalities": list(config.channels),
         "has_label": label is not None,
     }
     return image.astype(config.dtype), label, meta
@@ -246,7 +316,10 @@ def _write_entry(settings_dir: Path, case: Case, config: PreprocessConfig) -> tu
     volume, problems = check_case(case)
     if volume is None or problems:
         return None, problems
-    image, label, geometry = preprocess(volume, config, case.case_id)
+    try:
+        image, label, geometry = preprocess(volume, config, case.case_id)
+    except ValueError as err:  # settings this case cannot meet (too few slices for `slices`)
+        return None, [Problem(f"{err}; change the preprocessing settings or leave the case out.", case.case_id)]
     meta = {
         **geometry,
         "version": FORMAT_VERSION,

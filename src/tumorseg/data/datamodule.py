@@ -204,7 +204,7 @@ class PatchStream(IterableDataset):
         self,
         entries: list[CacheEntry],
         *,
-        patch_size: int,
+        patch_size: int | tuple[int, int, int],
         batch_size: int,
         samples_per_volume: int,
         queue_length: int,
@@ -216,7 +216,8 @@ class PatchStream(IterableDataset):
         seed: int = 0,
         epoch_fn: Callable[[], int] | None = None,
     ):
-        self.subjects = tio.SubjectsDataset([make_subject(e, (patch_size,) * 3) for e in entries])
+        shape = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(patch_size)
+        self.subjects = tio.SubjectsDataset([make_subject(e, shape) for e in entries])
         self.shards = CaseShardSampler(len(entries), num_replicas, rank, shuffle=True, seed=seed)
         self.patch_size, self.batch_size = patch_size, batch_size
         self.samples_per_volume, self.queue_length, self.num_workers = samples_per_volume, queue_length, num_workers
@@ -286,7 +287,7 @@ class BratsDataModule(pl.LightningDataModule):
         fold: validation fold. Defaults to 0.
         num_folds: number of folds. Defaults to 5.
         seed: seed of the fold assignment and of the epoch shuffles. Defaults to 42.
-        patch_size: edge of the cubic training patches. Defaults to 128.
+        patch_size: edge of the cubic training patches, or their (x, y, z) size. Defaults to 128.
         batch_size: patches per training batch (per rank). Defaults to 2.
         samples_per_volume: patches drawn from a case each time it is loaded. Defaults to 4.
         queue_length: patches held by the queue (memory: about ``queue_length`` x a patch,
@@ -313,7 +314,7 @@ class BratsDataModule(pl.LightningDataModule):
         fold: int = 0,
         num_folds: int = 5,
         seed: int = 42,
-        patch_size: int = 128,
+        patch_size: int | Sequence[int] = 128,
         batch_size: int = 2,
         samples_per_volume: int = 4,
         queue_length: int = 24,
@@ -330,8 +331,12 @@ class BratsDataModule(pl.LightningDataModule):
             raise ValueError(f"`split` must be 'kfold' or 'paper' (or give `split_file`), got {split!r}.")
         if sampler not in ("tumour", "uniform"):
             raise ValueError(f"`sampler` must be 'tumour' or 'uniform', got {sampler!r}.")
-        for name, value in (("patch_size", patch_size), ("batch_size", batch_size),
-                            ("samples_per_volume", samples_per_volume), ("queue_length", queue_length)):  # fmt: skip
+        patch = (patch_size,) * 3 if isinstance(patch_size, int) and not isinstance(patch_size, bool) else patch_size
+        patch = tuple(patch) if isinstance(patch, (list, tuple)) else ()
+        if len(patch) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in patch):
+            raise ValueError(f"`patch_size` must be a positive integer or three of them (x, y, z), got {patch_size!r}.")
+        for name, value in (("batch_size", batch_size), ("samples_per_volume", samples_per_volume),
+                            ("queue_length", queue_length)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
         if queue_length < batch_size:
@@ -340,7 +345,9 @@ class BratsDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(self.root)
         self.layout, self.split_name, self.split_file = layout, split, split_file
         self.fold, self.num_folds, self.seed = fold, num_folds, seed
-        self.patch_size, self.batch_size = patch_size, batch_size
+        # a cube's edge, or (x, y, z): the paper trained on whole resized volumes such as 224x224x64
+        self.patch_size = patch_size if isinstance(patch_size, int) else patch
+        self.batch_size = batch_size
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
         self.num_workers, self.val_workers = num_workers, val_workers
         self.preprocess_workers = preprocess_workers if preprocess_workers is not None else max(num_workers, 1)
@@ -351,7 +358,9 @@ class BratsDataModule(pl.LightningDataModule):
             try:
                 self.preprocess_config = PreprocessConfig(**(preprocess or {}))
             except TypeError as err:
-                raise ValueError(f"`preprocess`: {err}; valid keys: spacing, margin, dtype.") from err
+                raise ValueError(
+                    f"`preprocess`: {err}; valid keys: spacing, margin, dtype, modalities, slices, in_plane, crop."
+                ) from err
         self.augment = BatchAugment(augmentation)
         self.split: dict[str, list[str]] | None = None
         self.cache: Cache | None = None
