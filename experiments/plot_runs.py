@@ -46,10 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +58,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tumorseg.plots import History, epoch_history, plot_loss_score, save_figure, wandb_epoch_history
+from tumorseg.plots import History, epoch_history, plot_loss_score, save_figure, wandb_epoch_history, write_atomic
 
 SOURCES = ("auto", "csv", "wandb")
 PAPER_TITLE = "Attention Mechanism, Linked Networks, and Pyramid Pooling Enabled 3D Biomedical Image Segmentation"
@@ -409,31 +407,6 @@ def _filename(text: str) -> str:
 # Writing
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` atomically: to a temporary file in the same folder, then renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return _readable(path)
-
-
-def _readable(path: Path) -> Path:
-    """Give a written file the usual permissions: mkstemp creates it readable by its owner only."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-    return path
-
-
 def plot_runs(
     run_dirs: Sequence[str | Path],
     out: str | Path,
@@ -471,8 +444,8 @@ def plot_runs(
     figures = []
     for run in runs:
         run_title = f"{title}: {run.label}" if title else run.label
-        figures.append(_readable(plot_loss_score(run.history, out / f"{run.name}_loss_score.png", title=run_title)))
-    comparison = _readable(comparison_figure(runs, out / "comparison.png", title=title))
+        figures.append(plot_loss_score(run.history, out / f"{run.name}_loss_score.png", title=run_title))
+    comparison = comparison_figure(runs, out / "comparison.png", title=title)
     summaries = [summarize(run, reference) for run in runs]
     for summary, figure in zip(summaries, figures):
         summary["figure"] = str(figure)
@@ -486,8 +459,8 @@ def plot_runs(
     }
     if reference is not None:
         results["reference"] = {"name": reference, **REFERENCES[reference]}
-    write_text(out / "results.json", json.dumps(results, indent=1, allow_nan=False) + "\n")
-    write_text(out / "results.md", markdown)
+    write_atomic(out / "results.json", json.dumps(results, indent=1, allow_nan=False) + "\n")
+    write_atomic(out / "results.md", markdown)
     return {**results, "markdown": markdown}
 
 

@@ -41,10 +41,10 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser  # the parser @hydra.main uses for the command line
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
-from hydra.utils import get_object, instantiate
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from tumorseg.train import check_sizes, register_resolvers, resolve_precision
+from tumorseg.train import build, register_resolvers, resolve_precision
 
 try:
     import tomllib
@@ -387,17 +387,7 @@ def bind_target(node: dict, where: str) -> None:
 def check_train_cfg(cfg: DictConfig) -> None:
     """What tumorseg.train.train does before fitting: resolve, build the data and the model, check the sizes."""
     nodes = {key: resolved(cfg, key) for key in ("model", "data", "trainer", "callbacks", "logger")}
-    datamodule = instantiate(cfg.data, _convert_="all")
-    preprocess = OmegaConf.to_container(cfg.data.preprocess, resolve=True) if "preprocess" in cfg.data else None
-    model = instantiate(
-        cfg.model,
-        preprocess=preprocess,
-        max_nonfinite=cfg.max_nonfinite,
-        compile=cfg.compile,
-        channels_last=cfg.channels_last,
-        _convert_="all",
-    )
-    check_sizes(model, datamodule)
+    datamodule, model = build(cfg)
     # the optimizer and the learning-rate schedule, as Lightning builds them when fitting starts
     epochs = max(int(nodes["trainer"].get("max_epochs") or 1), 1)
     model.trainer = SimpleNamespace(estimated_stepping_batches=10 * epochs, max_epochs=epochs)

@@ -257,14 +257,26 @@ def save_figure(fig: Figure, path: str | Path, *, dpi: int = DPI) -> Path:
     Returns:
         ``path`` as a Path.
     """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return write_atomic(path, buffer.getvalue())
+
+
+def write_atomic(path: str | Path, content: str | bytes) -> Path:
+    """Write a file whole or not at all: a temporary file in the same folder, fsynced, renamed into
+    place, with the permissions the umask gives new files (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode("utf-8") if isinstance(content, str) else content
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as file:
-            fig.savefig(file, format="png", dpi=dpi)
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

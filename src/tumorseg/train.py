@@ -130,18 +130,8 @@ def check_sizes(model: SegmentationModule, datamodule: pl.LightningDataModule) -
         )
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Fit the configured model on the configured data.
-
-    Returns:
-        The final metrics (``trainer.callback_metrics`` as floats, plus ``best/<monitor>``) and the
-        objects built (``trainer``, ``model``, ``datamodule``, ``best_checkpoint``).
-    """
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-    run_dir = Path(cfg.paths.output_dir)
-    ckpt_path = checkpoint_to_resume(cfg)
-
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, SegmentationModule]:
+    """The datamodule and the model of a composed config, checked against each other."""
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     preprocess = OmegaConf.to_container(cfg.data.preprocess, resolve=True) if "preprocess" in cfg.data else None
     # the network's input channels are the modalities the data keeps
@@ -156,6 +146,22 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         _convert_="all",
     )
     check_sizes(model, datamodule)
+    return datamodule, model
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit the configured model on the configured data.
+
+    Returns:
+        The final metrics (``trainer.callback_metrics`` as floats, plus ``best/<monitor>``) and the
+        objects built (``trainer``, ``model``, ``datamodule``, ``best_checkpoint``).
+    """
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = checkpoint_to_resume(cfg)
+
+    datamodule, model = build(cfg)
     callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_all(cfg.get("logger"), "logger")
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
