@@ -337,9 +337,16 @@ def _write_entry(settings_dir: Path, case: Case, config: PreprocessConfig) -> tu
         np.save(tmp / "foreground.npy", foreground_coordinates(label, case.case_id))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks completeness
         final = _entry_dir(settings_dir, case.case_id)
-        if final.exists():  # a stale entry: move it aside, since a folder cannot be renamed onto a non-empty one
+        if final.exists():
+            existing = read_entry(settings_dir, case, fp)
+            if existing is not None:  # another builder finished this case meanwhile: keep its entry
+                return existing, []
+            # a stale entry: move it aside, since a folder cannot be renamed onto a non-empty one
             stale = final.with_name(f".{case.case_id}.stale-{uuid.uuid4().hex[:8]}")
-            os.rename(final, stale)
+            try:
+                os.rename(final, stale)
+            except FileNotFoundError:  # another builder moved it aside first
+                pass
             shutil.rmtree(stale, ignore_errors=True)
         try:
             os.rename(tmp, final)
