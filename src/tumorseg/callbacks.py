@@ -120,30 +120,24 @@ class RunRecord(Callback):
     fingerprint, the checkpoint resumed from, and the metrics files of earlier runs of this
     training (so a resumed run still draws its whole history)."""
 
-    def __init__(self, config: dict | None = None):
-        self.config = config
+    def __init__(self):
         self.history: list[str] = []  # metrics.csv files of the runs this one continues
+        self.current: Path | None = None  # this run's
         self.resumed_from: str | None = None
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.current = csv_metrics_file(trainer)
+
+    def metrics_files(self) -> list[Path]:
+        files = [Path(p) for p in self.history]
+        return files + [self.current] if self.current is not None and self.current not in files else files
+
     def state_dict(self) -> dict:
-        return {"history": list(self.history)}
+        # the checkpoint carries this run's metrics file too, so a resumed run finds it
+        return {"history": [str(p) for p in self.metrics_files()]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
-
-    def metrics_files(self, trainer: pl.Trainer) -> list[Path]:
-        current = csv_metrics_file(trainer)
-        files = [Path(p) for p in self.history]
-        return files + [current] if current is not None and current not in files else files
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        # the checkpoint carries this run's metrics file, so a resumed run finds it
-        current = csv_metrics_file(trainer)
-        key = next(k for k in checkpoint["callbacks"] if k.startswith(type(self).__name__))
-        history = list(self.history)
-        if current is not None and str(current) not in history:
-            history.append(str(current))
-        checkpoint["callbacks"][key] = {"history": history}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.resumed_from = str(trainer.ckpt_path) if trainer.ckpt_path else None
@@ -198,7 +192,7 @@ class LossScorePlot(Callback):
         for logger in trainer.loggers:
             logger.save()
         record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
-        files = record.metrics_files(trainer) if record else [p for p in [csv_metrics_file(trainer)] if p]
+        files = record.metrics_files() if record else [p for p in [csv_metrics_file(trainer)] if p]
         try:
             if files:
                 history = epoch_history(files)
