@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -217,3 +219,21 @@ def test_real_exam_is_cached_in_its_own_voxel_order(tmp_path):
     assert np.count_nonzero(flair) == np.count_nonzero(flair[box])  # the crop loses no brain voxel
     np.testing.assert_array_equal(restore_geometry(np.ones(entry.shape, np.uint8), entry.meta, label=True)[box], 1)
     assert os.path.samefile(entry.meta["sources"][0], discovery.cases[0].images[0])
+
+
+def test_workers_do_not_hang_after_torch_ran_in_parallel(phantoms, tmp_path):
+    """A multirun's second job builds its cache in a process whose OpenMP pool is already running;
+    forked workers then hung in their first parallel torch op (the in-plane resize)."""
+    script = f"""
+import torch
+from tumorseg.data.cache import PreprocessConfig, build_cache
+from tumorseg.data.layouts import discover
+torch.set_num_threads(2)
+torch.nn.functional.interpolate(torch.rand(1, 4, 64, 64, 64), size=(96, 96, 96), mode="trilinear")
+config = PreprocessConfig(modalities=("flair",), slices=(2, 18), in_plane=(96, 96), crop=False)
+cache = build_cache(discover({str(phantoms)!r}), {str(tmp_path / "cache")!r}, config, workers=2, progress=False)
+print("built", cache.built)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "built 3" in result.stdout

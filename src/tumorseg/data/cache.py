@@ -29,6 +29,7 @@ import socket
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -393,7 +394,9 @@ def build_cache(
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"preprocessing {len(todo)} cases into {settings_dir}", total=len(todo))
             if workers > 1:
-                with ProcessPoolExecutor(min(workers, len(todo))) as pool:
+                # spawned, not forked: a process whose OpenMP pool already ran (a multirun's later job)
+                # hands forked children a dead pool, and their first parallel torch op hangs
+                with ProcessPoolExecutor(min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
                     futures = [(c, pool.submit(_write_entry, settings_dir, c, config)) for c in todo]
                     for case, future in futures:
                         _collect(cache, entries, case, future.result)
