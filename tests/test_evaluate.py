@@ -399,6 +399,23 @@ def test_cli_lists_cases_without_counterpart(tmp_path):
     assert result.missing["a"].startswith("no prediction") and result.missing["c"].startswith("no reference")
 
 
+
+def test_cases_limit_the_evaluation(brats2020, tmp_path, capsys):
+    """One fold's validation cases (a run's split.json): the other references are not reported missing."""
+    pred, ref, ids = brats2020
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [ids[2]], "val": ids[:2]}))
+    assert main(["--pred", str(pred), "--ref", str(ref), "--cases", str(split), "--workers", "1"]) == 0
+    assert json.loads((pred / "metrics.json").read_text())["missing"] == {}
+    assert {row["case_id"] for row in read_csv(pred / "metrics.csv")} == set(ids[:2])
+    listed = tmp_path / "cases.txt"
+    listed.write_text(f"# one id per line\n{ids[0]}\n{ids[2]}\n")
+    result = evaluate_folder(pred, ref, cases=[ids[0], ids[2]], progress=False)
+    assert result.case_ids == [ids[0]] and list(result.missing) == [ids[2]]
+    assert main(["--pred", str(pred), "--ref", str(ref), "--cases", str(listed), "--workers", "1"]) == 1
+    assert main(["--pred", str(pred), "--ref", str(ref), "--cases", str(tmp_path / "none.json")]) == 2
+    assert "none.json cannot be read" in capsys.readouterr().err
+
 @pytest.mark.parametrize(
     ("convention", "expected"), [("brats2020", "brats2020"), ("brats2023", "brats2023"), ("msd", "brats2023")]
 )

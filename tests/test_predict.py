@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,22 @@ def test_outputs_are_kept_unless_overwrite_and_references_are_evaluated(tmp_path
     cfg.overwrite = True
     assert run(cfg) == 0 and (out / f"{ids[0]}.nii.gz").stat().st_mtime_ns != first
 
+
+
+def test_cases_selects_a_runs_validation_cases(tmp_path):
+    data = tmp_path / "data"
+    ids = write_dataset(data, "brats2021", 3, shape=SHAPE)
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": [ids[0]], "val": [ids[2], ids[1]]}))
+    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
+    out = tmp_path / "seg"
+    assert run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", f"cases={split}")) == 0
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in ids[1:])
+    with open(out / "metrics.csv") as f:
+        assert {r["case_id"] for r in csv.DictReader(f)} == set(ids[1:])  # the unlisted case is not "missing"
+    cfg = predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", f"cases=[{ids[0]},nope]")
+    with pytest.raises(PredictionError, match=r"1 case\(s\) are not in input=.*'nope'"):
+        run(cfg)
 
 def test_a_bad_case_is_reported_and_the_others_run(tmp_path):
     data = tmp_path / "data"

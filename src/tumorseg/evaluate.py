@@ -46,7 +46,7 @@ from rich.table import Table
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from .data.labels import CLASSES, CONVENTIONS, REGION_CLASSES, REGIONS, to_internal, unexpected_values
-from .data.layouts import DatasetError, discover
+from .data.layouts import DatasetError, discover, select_cases
 
 HD95_EMPTY = 373.13
 """HD95 in mm of a region present in exactly one of prediction and reference (BraTS convention)."""
@@ -492,6 +492,7 @@ def evaluate_folder(
     out: str | os.PathLike | None = None,
     workers: int = 1,
     progress: bool = True,
+    cases: Sequence[str] | None = None,
 ) -> EvaluationResult:
     """Evaluate predicted label maps against references and write the CSV and JSON.
 
@@ -511,6 +512,8 @@ def evaluate_folder(
             single ``pred`` file).
         workers: Processes evaluating cases in parallel; 1 evaluates in this process. Defaults to 1.
         progress: Show a progress bar on stderr. Defaults to True.
+        cases: Evaluate only these case ids (e.g. one fold's validation cases); a listed case
+            without prediction or reference is reported missing. Defaults to None: every case.
 
     Returns:
         The metrics, their summary, the cases without counterpart and the cases that failed.
@@ -542,7 +545,15 @@ def evaluate_folder(
             references.files = {case_id: next(iter(references.files.values()))}
         references.files = {case: path for case, path in references.files.items() if case == case_id}
 
+    if cases is not None:
+        chosen_ids = {str(c) for c in cases}
+        predictions = {c: p for c, p in predictions.items() if c in chosen_ids}
+        references.files = {c: p for c, p in references.files.items() if c in chosen_ids}
+        errors = {c: e for c, e in errors.items() if c in chosen_ids}
     missing: dict[str, str] = {}
+    if cases is not None:
+        for case_id in sorted(chosen_ids - predictions.keys() - references.files.keys() - errors.keys()):
+            missing[case_id] = "listed in `cases` but neither predicted nor in the references"
     for case_id in sorted(predictions.keys() - references.files.keys() - errors.keys()):
         why = f" ({references.notes[case_id]})" if case_id in references.notes else ""
         missing[case_id] = f"no reference for the prediction {predictions[case_id]}{why}"
@@ -714,6 +725,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", help="CSV to write (default: metrics.csv in the pred folder); the JSON goes next to it"
     )
     parser.add_argument(
+        "--cases",
+        help="evaluate only these cases: a run's split.json (its validation cases), a JSON list or a text file of ids",
+    )
+    parser.add_argument(
         "--workers",
         type=_positive_int,
         default=min(8, os.cpu_count() or 1),
@@ -722,8 +737,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(soft_wrap=True)
     try:
-        result = evaluate_folder(args.pred, args.ref, labels=args.labels, out=args.out, workers=args.workers)
-    except EvaluationError as error:
+        cases = select_cases(args.cases) if args.cases else None
+        result = evaluate_folder(
+            args.pred, args.ref, labels=args.labels, out=args.out, workers=args.workers, cases=cases
+        )
+    except (EvaluationError, ValueError) as error:
         Console(stderr=True, soft_wrap=True).print(f"error: {error}", markup=False, highlight=False)
         return 2
     console.print(f"labels: {escape(result.labels_reason)}", highlight=False)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .data.cache import PreprocessConfig, preprocess, restore_geometry
 from .data.labels import CONVENTIONS, MODALITIES, REGIONS, from_internal, to_internal, to_regions
-from .data.layouts import LAYOUTS, Case, CaseError, Volume, discover, load_case
+from .data.layouts import LAYOUTS, Case, CaseError, Volume, discover, load_case, select_cases
 from .inference import InferenceConfig, sliding_window_logits
 from .module import SegmentationModule
 from .schemes import probabilities, to_labels
@@ -431,6 +431,21 @@ def _as_list(value) -> list:
     return list(value)
 
 
+def _chosen(items: list[InputCase], spec, root: Path) -> list[InputCase]:
+    """The cases of ``items`` that ``cases=`` names, in its order."""
+    try:
+        wanted = select_cases(spec)
+    except ValueError as err:
+        raise PredictionError(f"cases={spec}: {err}") from err
+    by_id = {i.case_id: i for i in items}
+    unknown = [c for c in wanted if c not in by_id]
+    if unknown:
+        raise PredictionError(
+            f"cases: {len(unknown)} case(s) are not in input={root}: {unknown[:5]}; check the input folder or the list."
+        )
+    return [by_id[c] for c in dict.fromkeys(wanted)]
+
+
 def run(cfg) -> int:
     """``predict.py``: resolve and load the checkpoints, find the cases, segment them, evaluate
     against references where the input has them; returns the exit status."""
@@ -465,6 +480,8 @@ def run(cfg) -> int:
         if not root.exists():
             raise PredictionError(f"input={root}: no such folder.")
         items = dataset_cases(root, cfg.get("layout"))
+        if cfg.get("cases"):
+            items = _chosen(items, cfg.cases, root)
     else:
         files = {m: cfg.files.get(m) for m in cfg.files}
         items = [explicit_case(files, cfg.get("case_id"), "brats2020" if labels == "auto" else labels)]
@@ -496,8 +513,9 @@ def run(cfg) -> int:
         from .evaluate import evaluate_folder
 
         result = evaluate_folder(
-            out_dir, Path(cfg.input), labels="auto", out=out_dir / "metrics.csv", progress=cfg.progress
-        )
+            out_dir, Path(cfg.input), labels="auto", out=out_dir / "metrics.csv", progress=cfg.progress,
+            cases=[i.case_id for i in items],
+        )  # fmt: skip
         if result.missing or result.errors:
             status = 1
     return status

@@ -153,6 +153,39 @@ class CaseError(ValueError):
     """A case cannot be loaded; the message names the case and the file at fault."""
 
 
+def select_cases(spec) -> list[str]:
+    """Case ids from ``spec``: a list of ids, or a file: a run's ``split.json`` (its validation
+    cases, ``{"val": [...]}``), a JSON list of ids, or a text file with one id per line.
+
+    Raises:
+        ValueError: the file cannot be read or holds no case ids.
+    """
+    if spec is None:
+        return []
+    if not isinstance(spec, (str, os.PathLike)):
+        return [str(c) for c in spec]
+    path = Path(spec).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"case list {path} cannot be read: {err}") from err
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"case list {path} is not valid JSON: {err}") from err
+        if isinstance(data, dict) and "val" in data:
+            data = data["val"]
+        if not isinstance(data, list) or not all(isinstance(c, str) for c in data):
+            raise ValueError(f"case list {path} must hold a list of case ids or a split with a 'val' list.")
+        ids = data
+    else:
+        ids = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not ids:
+        raise ValueError(f"case list {path} names no case.")
+    return ids
+
+
 def discover(root: str | os.PathLike, *, require_labels: bool = False, layout: str | None = None) -> Discovery:
     """Find the cases under ``root``.
 
