@@ -21,7 +21,7 @@ from train_helpers import CONF, ROOT, tiny_overrides
 
 from tumorseg.callbacks import AtomicCheckpointIO
 from tumorseg.module import NonFiniteLossError, SegmentationModule, build_optimizer, schedule_factor
-from tumorseg.train import find_last_checkpoint, register_resolvers, resolve_precision, train
+from tumorseg.train import checkpoint_to_resume, find_last_checkpoint, register_resolvers, resolve_precision, train
 
 register_resolvers()
 GROUPS = ["model", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search", "debug"]
@@ -396,3 +396,31 @@ def test_the_papers_setup_flair_only_softmax4_whole_resized_volumes(tmp_path, da
     assert seg.shape == (48, 40, 32)
     values = np.asarray(seg.dataobj)
     assert not values[:, :, :4].any() and not values[:, :, 28:].any()
+
+
+def test_resume_picks_the_newest_run_of_the_same_task_and_fold(tmp_path):
+    def fake_run(name: str, task: str, fold: int, age: float) -> Path:
+        run = tmp_path / "sweep" / name
+        (run / "checkpoints").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({"task_name": task, "data": {"split": "kfold", "fold": fold, "num_folds": 5}}),
+                       run / "config.yaml")  # fmt: skip
+        ckpt = run / "checkpoints" / "last.ckpt"
+        ckpt.write_bytes(b"x")
+        os.utime(ckpt, (time.time() - age, time.time() - age))
+        return ckpt
+
+    old_fold1 = fake_run("0", "brats_arunet3d", 1, age=300)
+    new_fold1 = fake_run("1", "brats_arunet3d", 1, age=200)
+    fake_run("2", "brats_arunet3d", 0, age=10)  # newer, but another fold
+    fake_run("3", "brats_pspnet3d", 1, age=5)  # newer, but another task
+    cfg = OmegaConf.create({"task_name": "brats_arunet3d", "data": {"split": "kfold", "fold": 1, "num_folds": 5}})
+    assert find_last_checkpoint(tmp_path / "sweep", cfg) == new_fold1
+    assert find_last_checkpoint(tmp_path / "sweep") != new_fold1  # without cfg: any run
+    cfg.data.fold = 4
+    assert find_last_checkpoint(tmp_path / "sweep", cfg) is None
+    assert old_fold1.exists()
+
+    run_cfg = OmegaConf.create({"ckpt_path": None, "resume": str(tmp_path / "nowhere"), "task_name": "t",
+                                "paths": {"log_dir": str(tmp_path)}, "data": {}, "model": {}})  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="resume=.*nowhere: no such folder"):
+        checkpoint_to_resume(run_cfg)

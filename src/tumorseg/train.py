@@ -68,31 +68,52 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def find_last_checkpoint(runs_root: Path) -> Path | None:
+def find_last_checkpoint(runs_root: Path, cfg: DictConfig | None = None) -> Path | None:
     """The newest ``*/checkpoints/last.ckpt`` under ``runs_root`` (a requeued job reusing its run
-    directory finds its own)."""
-    return max(runs_root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
+    directory finds its own); with ``cfg``, only of runs with its ``task_name`` and data split
+    (split, fold, number of folds), so a cross-validation fold never continues another fold."""
+    found = [p for p in runs_root.glob("**/checkpoints/last.ckpt") if cfg is None or _same_task(p.parent.parent, cfg)]
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def _same_task(run_dir: Path, cfg: DictConfig) -> bool:
+    try:
+        other = OmegaConf.load(run_dir / "config.yaml")
+    except (OSError, ValueError):
+        return False
+    keys = ("task_name", "data.split", "data.fold", "data.num_folds", "data.split_file")
+    return all(OmegaConf.select(other, k, default=None) == OmegaConf.select(cfg, k, default=None) for k in keys)
 
 
 def checkpoint_to_resume(cfg: DictConfig) -> Path | None:
-    """``ckpt_path`` if given (it must exist), else with ``resume=true`` the newest last checkpoint
-    of an earlier run of this ``task_name``, else None."""
+    """``ckpt_path`` if given (it must exist), else with ``resume`` the newest last checkpoint of an
+    earlier run of this ``task_name`` and data split (``resume=true``: under ``paths.log_dir/<task_name>``;
+    ``resume=DIR``: under DIR, e.g. an earlier multirun), else None."""
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file.")
         return path
-    if not cfg.get("resume"):
+    resume = cfg.get("resume")
+    if resume is None or resume is False:
         return None
-    runs_root = Path(cfg.paths.log_dir) / cfg.task_name
-    path = find_last_checkpoint(runs_root)
+    if resume is True:
+        runs_root = Path(cfg.paths.log_dir) / cfg.task_name
+    else:
+        runs_root = Path(str(resume)).expanduser()
+        if not runs_root.is_dir():
+            raise FileNotFoundError(f"resume={resume}: no such folder; give true or a folder of earlier runs.")
+    path = find_last_checkpoint(runs_root, cfg)
     if path is None:
-        log.warning("resume=true: no checkpoints/last.ckpt under %s; starting a new training.", runs_root)
+        log.warning(
+            "resume: no checkpoints/last.ckpt of task %s (data split %s, fold %s) under %s; starting a new training.",
+            cfg.task_name, cfg.data.get("split"), cfg.data.get("fold"), runs_root,
+        )  # fmt: skip
         return None
     saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]["network"]["name"]
     if saved != cfg.model.network.name:
         raise ValueError(
-            f"resume=true found {path}, a {saved} checkpoint, but model={cfg.model.network.name}; "
+            f"resume found {path}, a {saved} checkpoint, but model={cfg.model.network.name}; "
             f"pass model={saved}, a different task_name, or ckpt_path=<checkpoint> explicitly."
         )
     log.info("Resuming from %s", path)
