@@ -5,7 +5,7 @@
 # Then predict.py with each one-epoch checkpoint on one full-size case, next to the infer benchmark
 # (MONAI vs TorchIO sliding window, overlap 0.5, no mirroring) of the same network on this card.
 # Prints last: training patches/s end to end vs model only, and predict.py's time per case vs the
-# pure sliding-window time.
+# pure sliding-window time, then the expected time per epoch of the modern recipe on this card.
 # Usage, from the repository root on a machine with one CUDA GPU:
 #   bash experiments/gpu_train_check.sh [OUT_DIR]
 # Where torchio, nibabel, hydra or monai are missing, wheels in .whl/ are used
@@ -57,3 +57,5 @@ for model in ("arunet3d", "linknet3d", "pspnet3d"):
     total = sum(parts)
     print(f"| {model} | {total:.2f} | {infer[model]['s']:.2f} | {total / infer[model]['s']:.2f} |")
 PY
+# the modern recipe's expected time per epoch on this card (one BraTS 2021 fold), from the numbers above
+python experiments/brats/epoch_time.py "$out"

@@ -399,7 +399,6 @@ def test_cli_lists_cases_without_counterpart(tmp_path):
     assert result.missing["a"].startswith("no prediction") and result.missing["c"].startswith("no reference")
 
 
-
 def test_cases_limit_the_evaluation(brats2020, tmp_path, capsys):
     """One fold's validation cases (a run's split.json): the other references are not reported missing."""
     pred, ref, ids = brats2020
@@ -415,6 +414,7 @@ def test_cases_limit_the_evaluation(brats2020, tmp_path, capsys):
     assert main(["--pred", str(pred), "--ref", str(ref), "--cases", str(listed), "--workers", "1"]) == 1
     assert main(["--pred", str(pred), "--ref", str(ref), "--cases", str(tmp_path / "none.json")]) == 2
     assert "none.json cannot be read" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize(
     ("convention", "expected"), [("brats2020", "brats2020"), ("brats2023", "brats2023"), ("msd", "brats2023")]

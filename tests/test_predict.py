@@ -121,7 +121,6 @@ def test_outputs_are_kept_unless_overwrite_and_references_are_evaluated(tmp_path
     assert run(cfg) == 0 and (out / f"{ids[0]}.nii.gz").stat().st_mtime_ns != first
 
 
-
 def test_cases_selects_a_runs_validation_cases(tmp_path):
     data = tmp_path / "data"
     ids = write_dataset(data, "brats2021", 3, shape=SHAPE)
@@ -136,6 +135,7 @@ def test_cases_selects_a_runs_validation_cases(tmp_path):
     cfg = predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", f"cases=[{ids[0]},nope]")
     with pytest.raises(PredictionError, match=r"1 case\(s\) are not in input=.*'nope'"):
         run(cfg)
+
 
 def test_a_bad_case_is_reported_and_the_others_run(tmp_path):
     data = tmp_path / "data"

@@ -12,7 +12,10 @@ and their options stripped), classified and checked without training or predicti
 * ``python -m tumorseg.<module>`` and ``python experiments/<script>.py``: the arguments parsed by the
   module's own parser (its ``main(argv)`` stopped right after parsing); the quick ones
   (``tumorseg.data.synthetic`` at a tiny size, ``tumorseg.data check``, ``tumorseg.models.summary``
-  without ``--write``) also run for real on tiny inputs in a temporary folder.
+  without ``--write``) also run for real on tiny inputs in a temporary folder;
+* ``bash experiments/<script>.sh ARGS``: ``bash -n``, then every ``python`` and ``bash`` command
+  the script runs with ARGS (positional parameters, ``${VAR:-default}`` settings and ``"$@"``
+  substituted) checked as above.
 
 A command of a kind this file does not know fails, asking for this file to be taught about it,
 unless it is in the small ``ALLOWLIST`` of commands that cannot be checked here.
@@ -30,6 +33,7 @@ import io
 import itertools
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -500,11 +504,59 @@ def test_readme_has_commands():
     assert any(c.argv[:2] == ("python", "predict.py") for c in COMMANDS)
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
-def test_readme_command(command: Command, monkeypatch, request, tmp_path):
+# ------------------------------------------------------------------------------ shell scripts
+
+# `name=${1:?...}`, `name=${2:-default}`, `name=${VAR:-default}`: how the scripts take their arguments
+_ASSIGNMENT = re.compile(r"(\w+)=\$\{(\w+)(?::([-?])([^}]*))?\}")
+
+
+def script_commands(command: Command) -> list[Command]:
+    """The python and bash commands of ``bash experiments/<script>.sh ARGS``, as that call runs them:
+    positional parameters and ``${VAR:-default}`` settings substituted, ``"$@"`` the arguments left
+    after the script's ``shift``, arrays and other variables as placeholders."""
+    script = ROOT / command.argv[1]
+    args = list(command.argv[2:])
+    values: dict[str, str] = {}
+    commands = []
+    for _, text in logical_lines(1, script.read_text()):
+        match = _ASSIGNMENT.fullmatch(text)
+        if match:
+            name, source, kind, default = match.groups()
+            given = args[int(source) - 1] if source.isdigit() and int(source) <= len(args) else None
+            values[name] = given if given is not None else (default if kind == "-" else PLACEHOLDER)
+            continue
+        if text.startswith("shift"):
+            continue
+        text = text.replace('"$@"', " ".join(shlex.quote(a) for a in args[_positional_count(script) :]))
+        text = re.sub(r'"?\$\{\w+\[@\]\}"?', "", text)  # arrays: optional arguments
+        text = re.sub(r"\$\{\w+:\+[^}]*\}", "", text)  # ${VAR:+word}: a word given only when VAR is set
+        text = re.sub(r"\$\{?(\w+)\}?", lambda m: values.get(m.group(1), PLACEHOLDER), text)
+        for words in split_commands(text):
+            argv = strip_launcher(words)
+            if argv and argv[0] in ("python", "bash"):
+                commands.append(Command(command.line, tuple(words), tuple(argv)))
+    return commands
+
+
+def _positional_count(script: Path) -> int:
+    """How many positional arguments the script takes before ``"$@"`` (its ``${N...}`` references)."""
+    return max((int(n) for n in re.findall(r"\$\{(\d+)", script.read_text())), default=0)
+
+
+def check_command(command: Command, monkeypatch, request, tmp_path: Path, depth: int = 0) -> None:
     argv = command.argv
     if allowlisted(argv):
         check_allowlisted(argv)
+    elif argv[0] == "bash" and len(argv) > 1 and fnmatch.fnmatchcase(argv[1], "experiments/*.sh"):
+        script = ROOT / argv[1]
+        assert script.is_file(), f"README line {command.line}: {argv[1]}: no such script"
+        syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert syntax.returncode == 0, f"{argv[1]}: {syntax.stderr}"
+        inner = script_commands(command)
+        assert inner, f"{argv[1]} runs no python command"
+        assert depth < 3, f"{argv[1]}: scripts calling scripts too deeply"
+        for sub in inner:
+            check_command(sub, monkeypatch, request, tmp_path, depth + 1)
     elif argv[0] == "python" and len(argv) > 1 and argv[1] in HYDRA_APPS:
         check_hydra_command(command, HYDRA_APPS[argv[1]], tmp_path)
     elif argv[0] == "python" and len(argv) > 2 and argv[1] == "-m" and argv[2].startswith("tumorseg."):
@@ -513,6 +565,11 @@ def test_readme_command(command: Command, monkeypatch, request, tmp_path):
         check_module_command(command, monkeypatch, request, tmp_path)
     else:
         pytest.fail(f"README line {command.line}: unrecognised command {' '.join(argv)!r}; {TEACH}")
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
+def test_readme_command(command: Command, monkeypatch, request, tmp_path):
+    check_command(command, monkeypatch, request, tmp_path)
 
 
 def test_quick_commands_run_for_real(tiny_dataset, capsys):
