@@ -55,7 +55,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
-from plot_runs import RunError, plot_runs
+from plot_runs import RunError, _row, plot_runs
 
 from tumorseg.plots import save_figure, write_atomic
 
@@ -309,8 +309,9 @@ def _number(value: float | None, std: float | None = None) -> str:
     return f"{value:.3f} ± {std:.3f}" if std is not None else f"{value:.3f}"
 
 
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+def recipe_name(task_name: str, network: str) -> str:
+    """The recipe a task trains: its name without the network's (``paper_arunet3d`` -> ``paper``)."""
+    return task_name.replace(network, "").strip("_-") or task_name
 
 
 def results_markdown(results: dict[str, Any], title: str | None) -> str:
@@ -349,7 +350,7 @@ def results_markdown(results: dict[str, Any], title: str | None) -> str:
     networks = results.get("by_network") or {}
     if networks:
         names = sorted({name for row in networks.values() for name in row})
-        lines += ["", "## Mean Dice per network and recipe", ""]
+        lines += ["", "## Mean Dice per network and recipe (task_name without the network's name)", ""]
         lines += [_row(["network", *names, "best"]), _row(["---"] + ["---:"] * (len(names) + 1))]
         for network, row in networks.items():
             best = max(row, key=lambda n: row[n])
@@ -370,7 +371,14 @@ def dice_figure(models: Sequence[dict[str, Any]], path: Path, title: str | None)
             values = [c[region]["dice"] for cases in m["cases"].values() for c in cases.values()]
             positions.append(i + (r - 1) * width)
             data.append([v for v in values if math.isfinite(v)])
-        boxes = ax.boxplot(data, positions=positions, widths=width * 0.85, patch_artist=True, showfliers=False)
+        boxes = ax.boxplot(
+            data,
+            positions=positions,
+            widths=width * 0.85,
+            patch_artist=True,
+            showfliers=False,
+            medianprops={"color": "black"},
+        )
         for box in boxes["boxes"]:
             box.set(facecolor=f"C{r}", alpha=0.35)
         for x, values in zip(positions, data):
@@ -448,7 +456,9 @@ def evaluate_runs(
     by_network: dict[str, dict[str, float]] = {}
     for m in results["models"]:
         if not m["ensemble"]:
-            by_network.setdefault(m["network"], {})[m["name"]] = m["summary"]["mean"]["dice_mean"]
+            by_network.setdefault(m["network"], {})[recipe_name(m["name"], m["network"])] = m["summary"]["mean"][
+                "dice_mean"
+            ]
     results["by_network"] = {n: row for n, row in by_network.items() if len(row) > 1}
     results["figure"] = str(dice_figure(results["models"], out / "test_dice.png", title))
     results["curves"] = str(out / "curves")

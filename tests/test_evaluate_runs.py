@@ -111,6 +111,7 @@ def test_scores_each_run_on_its_validation_cases(sweeps, tmp_path, capsys):
     assert markdown in capsys.readouterr().out
     assert "| a_arunet | arunet3d | 2 | 4 | no | 3 |" in markdown
     assert "## Mean Dice per fold" in markdown
+    assert results["by_network"] == {}  # one recipe per network here
     assert (out / "test_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "curves" / "comparison.png").is_file() and (out / "curves" / "results.md").is_file()
 
@@ -175,3 +176,18 @@ def test_the_newest_run_of_a_task_and_fold_counts(sweeps, tmp_path, capsys):
     assert [r.path for r in kept] == [sweeps["b"] / "0"] and str(killed) in notes[0]
     with pytest.raises(er.EvaluationSetupError, match="no checkpoints/last.ckpt"):
         er.latest_runs(runs[:1])
+
+
+def test_networks_side_by_side_per_recipe():
+    assert er.recipe_name("paper_arunet3d", "arunet3d") == "paper"
+    assert er.recipe_name("brats_arunet3d", "arunet3d") == "brats"
+    assert er.recipe_name("arunet3d", "arunet3d") == "arunet3d"
+    summary = {"folds": {"fold 0": {"dice_mean": 0.5, "cases": 2}}, "cases": 2,
+               "mean": {f"{m}_{r}": 0.5 for m in ("dice", "hd95") for r in er.REGIONS} | {"dice_mean": 0.5},
+               "std": {}}  # fmt: skip
+    summary["std"] = dict.fromkeys(summary["mean"])
+    model = {"name": "brats_arunet3d", "network": "arunet3d", "mirror": True, "et_min_voxels": 500, "summary": summary}
+    results = {"models": [model], "by_network": {"arunet3d": {"paper": 0.1, "brats": 0.5}}}
+    markdown = er.results_markdown(results, "T")
+    assert "| arunet3d | 0.500 | 0.100 | brats |" in markdown
+    assert "| brats_arunet3d | arunet3d | 1 | 2 | yes | 500 | 0.500 |" in markdown
