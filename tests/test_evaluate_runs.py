@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from train_helpers import CONF, ROOT, tiny_overrides
 
 from tumorseg.checkpoints import load_model
@@ -191,3 +193,23 @@ def test_networks_side_by_side_per_recipe():
     markdown = er.results_markdown(results, "T")
     assert "| arunet3d | 0.500 | 0.100 | brats |" in markdown
     assert "| brats_arunet3d | arunet3d | 1 | 2 | yes | 500 | 0.500 |" in markdown
+
+
+def test_a_moved_dataset_and_mixed_test_settings_are_named(sweeps, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(sweeps["b"] / "0", moved)
+    info = json.loads((moved / "run_info.json").read_text())
+    info["data"]["root"] = str(tmp_path / "gone")
+    (moved / "run_info.json").write_text(json.dumps(info))
+    assert er.main([str(moved), "--out", str(tmp_path / "o")]) == 1
+    assert f"{moved}: its dataset {tmp_path / 'gone'} is not there any more" in capsys.readouterr().err
+
+    mirrored = tmp_path / "mirrored"
+    shutil.copytree(sweeps["b"] / "0", mirrored)
+    cfg = OmegaConf.load(mirrored / "config.yaml")
+    cfg.test.mirror = True
+    OmegaConf.save(cfg, mirrored / "config.yaml")
+    args = [str(sweeps["a"] / "0"), str(mirrored), "--out", str(tmp_path / "o"), "--ensemble", "both=*"]
+    assert er.main(args) == 1
+    assert "differ in test.mirror; set it for all with --mirror" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
