@@ -1,4 +1,6 @@
-"""Every command in the README's ```bash blocks still works, so that the guide cannot rot.
+"""Every command in the ```bash blocks of the README and the experiments' guides
+(``experiments/paper/README.md``, ``experiments/brats/README.md``) still works, so that the
+guides cannot rot.
 
 Each command is extracted (backslash continuations joined, comments dropped, ``srun``/``torchrun``
 and their options stripped), classified and checked without training or predicting anything:
@@ -57,6 +59,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# the guides of the experiments, checked the same way
+GUIDES = (README, ROOT / "experiments" / "paper" / "README.md", ROOT / "experiments" / "brats" / "README.md")
 CONF = ROOT / "conf"
 
 register_resolvers()  # ${run_id:}, ${optuna_direction:...} in the configs
@@ -118,11 +122,13 @@ class Command:
     line: int  # README line where the command starts
     words: tuple[str, ...]  # shell words, placeholders substituted
     argv: tuple[str, ...]  # the same, srun/torchrun and their options stripped
+    guide: str = "README.md"  # the file, relative to the repository root
 
     @property
     def id(self) -> str:
         text = " ".join(self.words)
-        return f"L{self.line}: {text if len(text) <= 72 else text[:69] + '...'}"
+        where = "" if self.guide == "README.md" else f"{self.guide}:"
+        return f"{where}L{self.line}: {text if len(text) <= 72 else text[:69] + '...'}"
 
 
 def bash_blocks(text: str) -> Iterator[tuple[int, str]]:
@@ -190,10 +196,12 @@ def strip_launcher(argv: list[str]) -> list[str]:
 
 def readme_commands() -> list[Command]:
     commands = []
-    for first, body in bash_blocks(README.read_text()):
-        for line, text in logical_lines(first, body):
-            for words in split_commands(text):
-                commands.append(Command(line, tuple(words), tuple(strip_launcher(words))))
+    for guide in GUIDES:
+        name = str(guide.relative_to(ROOT))
+        for first, body in bash_blocks(guide.read_text()):
+            for line, text in logical_lines(first, body):
+                for words in split_commands(text):
+                    commands.append(Command(line, tuple(words), tuple(strip_launcher(words)), name))
     return commands
 
 
@@ -549,7 +557,7 @@ def check_command(command: Command, monkeypatch, request, tmp_path: Path, depth:
         check_allowlisted(argv)
     elif argv[0] == "bash" and len(argv) > 1 and fnmatch.fnmatchcase(argv[1], "experiments/*.sh"):
         script = ROOT / argv[1]
-        assert script.is_file(), f"README line {command.line}: {argv[1]}: no such script"
+        assert script.is_file(), f"{command.guide} line {command.line}: {argv[1]}: no such script"
         syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert syntax.returncode == 0, f"{argv[1]}: {syntax.stderr}"
         inner = script_commands(command)
@@ -564,7 +572,7 @@ def check_command(command: Command, monkeypatch, request, tmp_path: Path, depth:
     elif argv[0] == "python" and len(argv) > 1 and fnmatch.fnmatchcase(argv[1], "experiments/*.py"):
         check_module_command(command, monkeypatch, request, tmp_path)
     else:
-        pytest.fail(f"README line {command.line}: unrecognised command {' '.join(argv)!r}; {TEACH}")
+        pytest.fail(f"{command.guide} line {command.line}: unrecognised command {' '.join(argv)!r}; {TEACH}")
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
