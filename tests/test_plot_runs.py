@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from matplotlib.image import imread
+from train_helpers import offline_wandb_run
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "experiments") not in sys.path:
@@ -99,22 +100,13 @@ PSPNET = {e: val_metrics(m, classes=True) for e, m in enumerate([0.3, 0.45, 0.70
 
 def make_wandb_run(run_dir: Path, root: Path, epochs: dict[int, dict[str, float]]) -> Path:
     """A real W&B offline run in ``run_dir/wandb``, logged as Lightning's WandbLogger does."""
-    wandb = pytest.importorskip("wandb")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_CONSOLE", "off")
-        for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-            mp.setenv(name, str(root))  # nothing written outside the test's folders
-        run = wandb.init(project="tumorseg-test", dir=run_dir)
+    with offline_wandb_run(root, run_dir) as run:
         for epoch, val in epochs.items():
             step = (epoch + 1) * STEPS_PER_EPOCH - 1
             run.log({"lr-AdamW": 0.01, "trainer/global_step": epoch * STEPS_PER_EPOCH})  # no epoch: left out
             run.log({**val, "epoch": epoch, "trainer/global_step": step})
             run.log({**train_metrics(epoch), "epoch": epoch, "trainer/global_step": step})
         folder = Path(run.dir).parent  # run.dir is <run folder>/files
-        run.finish()
-        wandb.teardown()  # finish() may return before wandb-core has written the last records
     return folder
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+from train_helpers import offline_wandb_run
 
 from tumorseg import plots
 from tumorseg.plots import (
@@ -185,23 +186,14 @@ ROWS = [
 @pytest.fixture(scope="module")
 def wandb_run(tmp_path_factory):
     """A real offline run: the rows above, then rows the epoch history must leave out or override."""
-    wandb = pytest.importorskip("wandb")
     root = tmp_path_factory.mktemp("wandb")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_CONSOLE", "off")
-        for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-            mp.setenv(name, str(root))  # nothing written outside the test's folder
-        run = wandb.init(project="tumorseg-test", dir=root)
+    with offline_wandb_run(root, root) as run:
         for row in ROWS:
             run.log(row)
         run.log({"note": "no epoch", "val/dice_mean": 0.99})
         run.log({"epoch": 2, "val/dice_mean": 0.5, "sample": "text", "flag": True})  # last of epoch 2 wins
         run.log({"epoch": 3, "nested": {"a": 1.5}, "big": "x" * 70_000})  # a record over two 32 KiB blocks
         run_dir = Path(run.dir).parent  # run.dir is <run folder>/files
-        run.finish()
-        wandb.teardown()  # finish() may return before wandb-core has written the last records
     return run_dir
 
 
