@@ -49,6 +49,7 @@ SHAPE_CASES = [
         (1, 4, 64, 96, 64),
         (1, 3, 64, 96, 64),
     ),
+    ("linknet3d", {**TINY["linknet3d"], "full_resolution": True}, (2, 4, 97, 113, 71), (2, 3, 97, 113, 71)),
     ("pspnet3d", {}, (1, 4, 16, 16, 16), (1, 3, 16, 16, 16)),
     ("pspnet3d", TINY["pspnet3d"], (2, 4, 97, 113, 71), (2, 3, 97, 113, 71)),
     ("pspnet3d", {**TINY["pspnet3d"], "bins": (1, 2, 4), "norm": "instance", "act": "elu"}, (2, 1, 19, 23, 17), None),
@@ -57,6 +58,12 @@ SHAPE_CASES = [
         {**TINY["pspnet3d"], "aux_head": True, "dropout": 0.1, "in_channels": 1, "out_channels": 4},
         (1, 1, 24, 16, 32),
         (1, 4, 24, 16, 32),
+    ),
+    (
+        "pspnet3d",
+        {**TINY["pspnet3d"], "full_resolution": True, "aux_head": True},
+        (2, 4, 17, 19, 23),
+        (2, 3, 17, 19, 23),
     ),
 ]
 
@@ -103,6 +110,8 @@ GRAD_CASES = [
     ),
     ("pspnet3d", {**TINY["pspnet3d"], "aux_head": True, "dropout": 0.1}, (2, 4, 16, 16, 16)),
     ("pspnet3d", {**TINY["pspnet3d"], "norm": "instance", "act": "silu"}, (1, 4, 16, 24, 16)),
+    ("linknet3d", {**TINY["linknet3d"], "full_resolution": True, "dropout": 0.1}, (1, 4, 64, 64, 64)),
+    ("pspnet3d", {**TINY["pspnet3d"], "full_resolution": True, "aux_head": True}, (2, 4, 16, 16, 16)),
 ]
 
 
@@ -110,11 +119,32 @@ GRAD_CASES = [
 def test_backward_reaches_every_parameter(name, kwargs, shape):
     torch.manual_seed(0)
     net = build_model(name, preset=None, **kwargs).train()
+    with torch.no_grad():  # zero-initialised residual scales hold back their branch's gradient at step 0
+        for m in net.modules():
+            if getattr(m, "residual_norm", None) and getattr(m, m.residual_norm).weight is not None:
+                getattr(m, m.residual_norm).weight.uniform_(0.5, 1.5)
     _loss(net(torch.randn(shape))).backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None]
     assert not missing, f"parameters without gradient: {missing}"
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
     assert sum(int(p.grad.count_nonzero()) for p in net.parameters()) > 0.5 * sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", ["linknet3d", "pspnet3d"])
+def test_residual_blocks_start_as_their_shortcut(name):
+    """Zero-initialised last norm of each residual branch: a block with an identity shortcut is
+    act(x) at initialisation, whatever the input (torchvision's zero_init_residual)."""
+    torch.manual_seed(0)
+    net = build_model(name, preset=None, **TINY[name], norm="instance").train()
+    blocks = [m for m in net.modules() if getattr(m, "residual_norm", None)]
+    assert blocks and all(getattr(b, b.residual_norm).weight.abs().sum() == 0 for b in blocks)
+    identity = [b for b in blocks if isinstance(b.shortcut, nn.Identity)]
+    assert identity
+    for block in identity:
+        channels = next(p for p in block.parameters() if p.ndim == 5).shape[1]
+        x = torch.randn(1, channels, 6, 6, 6)
+        with torch.no_grad():
+            torch.testing.assert_close(block(x), torch.relu(x))
 
 
 def test_ddp_without_find_unused_parameters(tmp_path):
@@ -182,6 +212,8 @@ BAD_ARGS = [
     ("pspnet3d", {"bins": ()}, "bins"),
     ("pspnet3d", {"bins": (1, 0)}, "bins"),
     ("pspnet3d", {"aux_head": "yes"}, "aux_head"),
+    ("pspnet3d", {"full_resolution": 1}, "full_resolution"),
+    ("linknet3d", {"full_resolution": "true"}, "full_resolution"),
 ]
 
 
@@ -327,3 +359,47 @@ def test_padding_is_cropped_symmetrically():
     padded = nn.functional.pad(x, (3, 3, 0, 0, 3, 4))  # 17 -> 24 (3 + 4), 16 -> 16, 18 -> 24 (3 + 3)
     with torch.no_grad():
         torch.testing.assert_close(net(x), net(padded)[:, :, 3:20, :, 3:21])
+
+
+def test_deterministic_paths_compute_what_the_native_ops_compute(monkeypatch):
+    """With deterministic algorithms on a GPU, trilinear upsampling, adaptive average pooling and max
+    pooling run as atomic-free formulations; forced here on the CPU, values and gradients must equal
+    the native kernels'."""
+    import torch.nn.functional as F
+
+    from tumorseg.models import layers
+
+    monkeypatch.setattr(layers, "deterministic_path", lambda x: True)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 9, 5, dtype=torch.float64, requires_grad=True)
+
+    def value_and_grad(fn):
+        out = fn(x)
+        (grad,) = torch.autograd.grad((out**2).sum() + out.sum(), x)
+        return out, grad
+
+    cases = [
+        (
+            lambda t: layers.resize_trilinear(t, (14, 18, 10)),
+            lambda t: F.interpolate(t, (14, 18, 10), mode="trilinear"),
+        ),
+        (lambda t: layers.resize_trilinear(t, (16, 4, 31)), lambda t: F.interpolate(t, (16, 4, 31), mode="trilinear")),
+        *[(layers.AdaptiveAvgPool3d(b), lambda t, b=b: F.adaptive_avg_pool3d(t, b)) for b in (1, 2, 3, 6)],
+        (layers.MaxPool3d(3, stride=2, padding=1), lambda t: F.max_pool3d(t, 3, 2, 1)),
+    ]
+    for ours, native in cases:
+        for a, b in zip(value_and_grad(ours), value_and_grad(native)):
+            torch.testing.assert_close(a, b)
+    # the networks themselves, on the deterministic paths
+    for name in ("linknet3d", "pspnet3d"):
+        torch.manual_seed(0)
+        net = build_model(name, preset=None, **TINY[name], full_resolution=True).eval()
+        shape = (1, 4, 64, 64, 64) if name == "linknet3d" else (1, 4, 20, 17, 16)
+        inp = torch.randn(shape)
+        with torch.no_grad():
+            forced = net(inp)
+        monkeypatch.setattr(layers, "deterministic_path", lambda t: False)
+        with torch.no_grad():
+            native = net(inp)
+        monkeypatch.setattr(layers, "deterministic_path", lambda t: True)
+        torch.testing.assert_close(forced, native, rtol=1e-4, atol=1e-5)

@@ -8,35 +8,22 @@ import torch
 from torch import nn
 
 from .layers import (
+    FullResolutionHead,
     SegmentationNetwork,
     check_common,
     check_int_sequence,
+    conv_norm_act,
     init_weights,
     make_act,
     make_norm,
+    resnet_stem,
 )
-
-
-def conv_norm_act(in_ch, out_ch, kernel, *, norm, act, norm_groups, stride=1, padding=None, dilation=1):
-    if padding is None:
-        padding = dilation * (kernel // 2)
-    return nn.Sequential(
-        nn.Conv3d(in_ch, out_ch, kernel, stride=stride, padding=padding, dilation=dilation, bias=False),
-        make_norm(norm, out_ch, norm_groups),
-        make_act(act),
-    )
-
-
-def resnet_stem(in_ch, out_ch, *, norm, act, norm_groups):
-    """ResNet's stem: 7x7x7 stride-2 convolution and 3x3x3 stride-2 max-pool (output stride 4)."""
-    return nn.Sequential(
-        conv_norm_act(in_ch, out_ch, 7, stride=2, norm=norm, act=act, norm_groups=norm_groups),
-        nn.MaxPool3d(3, stride=2, padding=1),
-    )
 
 
 class BasicBlock(nn.Module):
     """ResNet basic block (He et al., 2016): two 3x3x3 convolutions with the residual add."""
+
+    residual_norm = "norm2"  # zero-initialised by init_weights
 
     def __init__(self, in_ch: int, out_ch: int, *, stride: int, norm: str, act: str, norm_groups: int):
         super().__init__()
@@ -109,6 +96,10 @@ class LinkNet3D(SegmentationNetwork):
         dropout: channel dropout probability before the final classifier convolution.
             Defaults to 0.0.
         norm_groups: groups for ``norm="group"``. Defaults to 8.
+        full_resolution: replace LinkNet's classifier, which rebuilds full resolution from the
+            1/4-resolution decoder by transposed convolutions alone, with a
+            ``FullResolutionHead`` that also links the stem convolution's 1/2-resolution features
+            and a full-resolution convolution of the input. Defaults to False (as published).
     """
 
     presets = {"light": {"features": (16, 32, 64, 128)}, "paper": {"features": (64, 128, 256, 512)}}
@@ -125,12 +116,16 @@ class LinkNet3D(SegmentationNetwork):
         act: str = "relu",
         dropout: float = 0.0,
         norm_groups: int = 8,
+        full_resolution: bool = False,
     ):
         super().__init__()
         check_common(in_channels, out_channels, norm, act, dropout, norm_groups)
         feats = check_int_sequence("features", features, length=4)
         blocks = check_int_sequence("blocks", blocks, length=4)
+        if not isinstance(full_resolution, bool):
+            raise ValueError(f"`full_resolution` must be True or False, got {full_resolution!r}.")
         self.in_channels, self.out_channels, self.features = in_channels, out_channels, feats
+        self.full_resolution = full_resolution
         kw = dict(norm=norm, act=act, norm_groups=norm_groups)
 
         self.stem = resnet_stem(in_channels, feats[0], **kw)
@@ -145,6 +140,12 @@ class LinkNet3D(SegmentationNetwork):
         self.decoder = nn.ModuleList(
             LinkDecoderBlock(feats[i], feats[max(i - 1, 0)], upsample=i > 0, **kw) for i in range(4)
         )
+        if full_resolution:
+            self.classifier = FullResolutionHead(
+                feats[0], feats[0], in_channels, feats[0], out_channels, dropout=dropout, **kw
+            )
+            init_weights(self)
+            return
         head = max(feats[0] // 2, 1)
         self.classifier = nn.Sequential(
             nn.ConvTranspose3d(feats[0], head, 3, stride=2, padding=1, output_padding=1, bias=False),
@@ -156,8 +157,9 @@ class LinkNet3D(SegmentationNetwork):
         )
         init_weights(self)
 
-    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+    def forward_padded(self, image: torch.Tensor) -> torch.Tensor:
+        half = self.stem[0](image)
+        x = self.stem[1](half)
         skips = []
         for stage in self.encoder:
             x = stage(x)
@@ -165,4 +167,6 @@ class LinkNet3D(SegmentationNetwork):
         d = self.decoder[3](skips[3])
         for i in (2, 1, 0):
             d = self.decoder[i](d + skips[i])
+        if self.full_resolution:
+            return self.classifier(d, half, image)
         return self.classifier(d)

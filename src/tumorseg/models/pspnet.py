@@ -5,24 +5,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import (
+    AdaptiveAvgPool3d,
+    FullResolutionHead,
     SegmentationNetwork,
     check_common,
     check_int_sequence,
+    conv_norm_act,
     init_weights,
     make_act,
     make_norm,
+    resize_trilinear,
+    resnet_stem,
 )
-from .linknet import conv_norm_act, resnet_stem
 
 
 class Bottleneck(nn.Module):
     """ResNet bottleneck (1x1x1 reduce, 3x3x3, 1x1x1 expand x4) with the residual add."""
 
     expansion = 4
+    residual_norm = "norm3"  # zero-initialised by init_weights
 
     def __init__(self, in_ch, planes, *, stride, dilation, norm, act, norm_groups):
         super().__init__()
@@ -58,13 +62,13 @@ class PyramidPooling3D(nn.Module):
         super().__init__()
         self.bins = tuple(bins)
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool3d(b), nn.Conv3d(in_ch, branch_ch, 1), make_act(act)) for b in self.bins
+            nn.Sequential(AdaptiveAvgPool3d(b), nn.Conv3d(in_ch, branch_ch, 1), make_act(act)) for b in self.bins
         )
         self.out_channels = in_ch + branch_ch * len(self.bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[2:]
-        pooled = [F.interpolate(b(x), size=size, mode="trilinear", align_corners=False) for b in self.branches]
+        pooled = [resize_trilinear(b(x), size) for b in self.branches]
         return torch.cat([x, *pooled], dim=1)
 
 
@@ -102,6 +106,11 @@ class PSPNet3D(SegmentationNetwork):
         dropout: dropout probability after the fusion convolution (and in the auxiliary head).
             Defaults to 0.0; PSPNet used 0.1.
         norm_groups: groups for ``norm="group"``. Defaults to 8.
+        full_resolution: replace the 1x1x1 classifier and the x8 trilinear upsampling with a
+            ``FullResolutionHead`` that decodes the fused pyramid features with the stem
+            convolution's 1/2-resolution features and a full-resolution convolution of the input
+            (DeepLabv3+'s remedy for the coarse output of a dilated backbone). Defaults to False
+            (as published).
     """
 
     presets = {"light": {"features": (16, 32, 64, 128)}, "paper": {"features": (64, 128, 256, 512)}}
@@ -120,16 +129,18 @@ class PSPNet3D(SegmentationNetwork):
         act: str = "relu",
         dropout: float = 0.0,
         norm_groups: int = 8,
+        full_resolution: bool = False,
     ):
         super().__init__()
         check_common(in_channels, out_channels, norm, act, dropout, norm_groups)
         feats = check_int_sequence("features", features, length=4)
         blocks = check_int_sequence("blocks", blocks, length=4)
         bins = check_int_sequence("bins", bins)
-        if not isinstance(aux_head, bool):
-            raise ValueError(f"`aux_head` must be True or False, got {aux_head!r}.")
+        for name, flag in (("aux_head", aux_head), ("full_resolution", full_resolution)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
         self.in_channels, self.out_channels, self.features = in_channels, out_channels, feats
-        self.aux_head = aux_head
+        self.aux_head, self.full_resolution = aux_head, full_resolution
         kw = dict(norm=norm, act=act, norm_groups=norm_groups)
 
         self.stem = resnet_stem(in_channels, feats[0], **kw)
@@ -151,8 +162,10 @@ class PSPNet3D(SegmentationNetwork):
         self.head = nn.Sequential(
             conv_norm_act(self.ppm.out_channels, fused, 3, **kw),
             nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
-            nn.Conv3d(fused, out_channels, 1),
+            nn.Identity() if full_resolution else nn.Conv3d(fused, out_channels, 1),
         )
+        if full_resolution:
+            self.decoder = FullResolutionHead(fused, feats[0], in_channels, feats[0], out_channels, **kw)
         if aux_head:
             mid_in = feats[2] * Bottleneck.expansion
             mid = max(mid_in // 4, 1)
@@ -165,13 +178,16 @@ class PSPNet3D(SegmentationNetwork):
 
     def forward_padded(self, x: torch.Tensor):
         size = x.shape[2:]
-        y = self.stem(x)
-        y = self.stages[0](y)
+        half = self.stem[0](x)
+        y = self.stages[0](self.stem[1](half))
         y = self.stages[1](y)
         stage3 = self.stages[2](y)
         y = self.stages[3](stage3)
-        logits = F.interpolate(self.head(self.ppm(y)), size=size, mode="trilinear", align_corners=False)
+        if self.full_resolution:
+            logits = self.decoder(self.head(self.ppm(y)), half, x)
+        else:
+            logits = resize_trilinear(self.head(self.ppm(y)), size)
         if self.aux_head and self.training:
-            aux = F.interpolate(self.aux(stage3), size=size, mode="trilinear", align_corners=False)
+            aux = resize_trilinear(self.aux(stage3), size)
             return logits, aux
         return logits
