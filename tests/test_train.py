@@ -21,7 +21,15 @@ from train_helpers import CONF, ROOT, tiny_overrides
 
 from tumorseg.callbacks import AtomicCheckpointIO
 from tumorseg.module import NonFiniteLossError, SegmentationModule, build_optimizer, schedule_factor
-from tumorseg.train import checkpoint_to_resume, find_last_checkpoint, register_resolvers, resolve_precision, train
+from tumorseg.train import (
+    build,
+    checkpoint_to_resume,
+    find_last_checkpoint,
+    register_resolvers,
+    resolve_auto_sizes,
+    resolve_precision,
+    train,
+)
 
 register_resolvers()
 GROUPS = ["model", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search", "debug"]
@@ -92,11 +100,24 @@ def test_monitored_metric_is_named_once(tmp_path):
 
 
 def test_every_model_config_builds_its_network(tmp_path):
+    # data.patch_size=auto: the network's smallest input, at least 32 (LinkNet's stride is 32)
+    expected = {"arunet3d": 32, "linknet3d": 64, "pspnet3d": 32}
+    assert sorted(expected) == options("model")
     for name in options("model"):
         cfg = make_cfg([f"model={name}"], tmp_path)
+        assert cfg.data.patch_size == "auto"
+        resolve_auto_sizes(cfg)
+        assert cfg.data.patch_size == expected[name]
         model = instantiate(cfg.model, _convert_="all")
         assert type(model.net).__name__.lower() == name
-        assert model.hparams.inference["roi_size"] == cfg.data.patch_size
+        assert model.hparams.inference["roi_size"] == expected[name]
+    # a number given by the user is kept, and a bad one is refused by the size check
+    cfg = make_cfg(["model=pspnet3d", "data.patch_size=48"], tmp_path)
+    resolve_auto_sizes(cfg)
+    assert cfg.data.patch_size == 48
+    cfg = make_cfg(["model=linknet3d", "data.patch_size=32", f"paths.data_dir={tmp_path}"], tmp_path)
+    with pytest.raises(ValueError, match="data.patch_size=32 is too small for linknet3d.*at least 64"):
+        build(cfg)
 
 
 def test_precision_follows_the_accelerator():

@@ -247,10 +247,20 @@ class WandbSegmentationPanel(Callback):
 class TrainingThroughput(Callback):
     """Logs ``train/patches_per_s``: training patches per second over each epoch, end to end
     (loading, augmentation, forward, backward, optimizer), all ranks together, leaving out the
-    first ``warmup_steps`` batches (compilation, cuDNN autotuning, queue filling) and validation."""
+    first ``warmup_steps`` batches (compilation, cuDNN autotuning, queue filling) and validation;
+    and ``time/elapsed_s`` at each validation: wall seconds since this process started fitting,
+    validation included, so scores can be drawn against time (``experiments/time_to_dice.py``)."""
 
     def __init__(self, warmup_steps: int = 5):
         self.warmup_steps = warmup_steps
+        self.fit_start = time.perf_counter()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.fit_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("time/elapsed_s", time.perf_counter() - self.fit_start, rank_zero_only=True)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.batches, self.patches, self.start = 0, 0, None

@@ -151,8 +151,40 @@ def check_sizes(model: SegmentationModule, datamodule: pl.LightningDataModule) -
         )
 
 
+AUTO_PATCH_FLOOR = 32
+AUTO_SAMPLES_SPAN = 128
+AUTO_BATCH_SPAN = 64
+
+
+def resolve_auto_sizes(cfg: DictConfig) -> None:
+    """``data.patch_size=auto``: the network's smallest input, but at least 32 voxels per axis
+    (AR-UNet and PSPNet: 32, LinkNet: 64), so that ``model=`` alone picks a patch that suits it.
+    ``data.samples_per_volume=auto``: 128 // the patch's longest edge (4 patches of 32^3, 2 of 64^3,
+    1 of 128^3), and ``data.batch_size=auto``: 64 // that edge, at least 1 (2 patches of 32^3, 1 of
+    64^3): a larger patch already covers more of each case, so every network takes the same number
+    of optimizer steps per epoch, each on more voxels. They are written into ``cfg`` before
+    anything is built, so the run's config holds the numbers."""
+    if str(cfg.data.get("patch_size")) == "auto":
+        from .models import build_model
+        from .schemes import out_channels
+
+        args = OmegaConf.to_container(cfg.model.network, resolve=True)
+        name, preset = args.pop("name"), args.pop("preset", "light")
+        net = build_model(name, preset, out_channels=out_channels(cfg.model.labels), **args)
+        cfg.data.patch_size = max(AUTO_PATCH_FLOOR, net.min_input_size)
+    if "auto" not in (str(cfg.data.get("samples_per_volume")), str(cfg.data.get("batch_size"))):
+        return
+    patch = cfg.data.patch_size
+    edge = max(patch) if OmegaConf.is_list(patch) or isinstance(patch, (list, tuple)) else int(patch)
+    if str(cfg.data.get("samples_per_volume")) == "auto":
+        cfg.data.samples_per_volume = max(1, AUTO_SAMPLES_SPAN // edge)
+    if str(cfg.data.get("batch_size")) == "auto":
+        cfg.data.batch_size = max(1, AUTO_BATCH_SPAN // edge)
+
+
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, SegmentationModule]:
     """The datamodule and the model of a composed config, checked against each other."""
+    resolve_auto_sizes(cfg)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     preprocess = OmegaConf.to_container(cfg.data.preprocess, resolve=True) if "preprocess" in cfg.data else None
     # the network's input channels are the modalities the data keeps
@@ -187,6 +219,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     loggers = instantiate_all(cfg.get("logger"), "logger")
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg["precision"] = resolve_precision(cfg.trainer)
+    if trainer_cfg.get("deterministic"):
+        # cuDNN autotuning picks kernels by timing them, which differs between runs
+        trainer_cfg["benchmark"] = False
     trainer: pl.Trainer = hydra.utils.instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
