@@ -29,6 +29,7 @@ from tumorseg.train import (
     resolve_auto_sizes,
     resolve_precision,
     train,
+    trainer_arguments,
 )
 
 register_resolvers()
@@ -118,6 +119,15 @@ def test_every_model_config_builds_its_network(tmp_path):
     cfg = make_cfg(["model=linknet3d", "data.patch_size=32", f"paths.data_dir={tmp_path}"], tmp_path)
     with pytest.raises(ValueError, match="data.patch_size=32 is too small for linknet3d.*at least 64"):
         build(cfg)
+
+
+@pytest.mark.parametrize("deterministic", [False, True, "warn"])
+def test_deterministic_switch_turns_autotuning_off(tmp_path, deterministic):
+    cfg = make_cfg([f"trainer.deterministic={str(deterministic).lower()}"], tmp_path)
+    args = trainer_arguments(cfg.trainer)
+    assert args["deterministic"] == deterministic
+    assert args["benchmark"] is (not deterministic)  # the default config autotunes
+    assert args["precision"] == resolve_precision(cfg.trainer)
 
 
 def test_precision_follows_the_accelerator():

@@ -68,6 +68,16 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def trainer_arguments(trainer_cfg: DictConfig) -> dict:
+    """The ``Trainer`` arguments of ``cfg.trainer``: precision resolved, and with ``deterministic``
+    no cuDNN autotuning, which picks kernels by timing them (Lightning only warns about the pair)."""
+    args = OmegaConf.to_container(trainer_cfg, resolve=True)
+    args["precision"] = resolve_precision(trainer_cfg)
+    if args.get("deterministic"):
+        args["benchmark"] = False
+    return args
+
+
 def find_last_checkpoint(runs_root: Path, cfg: DictConfig | None = None) -> Path | None:
     """The newest ``*/checkpoints/last.ckpt`` under ``runs_root`` (a requeued job reusing its run
     directory finds its own); with ``cfg``, only of runs with its ``task_name`` and data split
@@ -217,11 +227,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     datamodule, model = build(cfg)
     callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_all(cfg.get("logger"), "logger")
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg["precision"] = resolve_precision(cfg.trainer)
-    if trainer_cfg.get("deterministic"):
-        # cuDNN autotuning picks kernels by timing them, which differs between runs
-        trainer_cfg["benchmark"] = False
+    trainer_cfg = trainer_arguments(cfg.trainer)
     trainer: pl.Trainer = hydra.utils.instantiate(
         trainer_cfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
