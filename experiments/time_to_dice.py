@@ -109,7 +109,6 @@ def run_one(model: str, seed: int, out: Path, overrides: list[str], redo: bool =
         "seed": seed,
         "wall_s": wall,
         "curve": curve,
-        "run_dir": str(run_dir),
         "overrides": overrides,
     }
     write_atomic(done, json.dumps(result, indent=1) + "\n")

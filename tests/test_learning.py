@@ -21,13 +21,13 @@ from tumorseg.train import register_resolvers, train
 register_resolvers()
 
 # network -> (epochs, final val/dice_mean at least), with the settings of learning_overrides.
-# Measured on a 2-core AMD EPYC, torch 2.13 CPU: 0.574, 0.569 and 0.609; the thresholds leave about
-# 0.12 for other CPUs' rounding. PSPNet with its published head (full_resolution=false) reaches
-# less than its threshold here, since it cannot draw the thin enhancing rims.
+# Measured on a 2-core AMD EPYC, torch 2.13 CPU: AR-UNet 0.574, LinkNet 0.569, PSPNet 0.609; PSPNet
+# with its published stride-8 head (full_resolution=false) reached 0.487, so its threshold sits
+# between the two. The others leave about 0.12 for other CPUs' rounding.
 LEARNING = {
     "arunet3d": (10, 0.45),
     "linknet3d": (10, 0.45),
-    "pspnet3d": (10, 0.45),
+    "pspnet3d": (10, 0.54),
 }
 
 
