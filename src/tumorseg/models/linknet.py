@@ -99,7 +99,7 @@ class LinkNet3D(SegmentationNetwork):
         full_resolution: replace LinkNet's classifier, which rebuilds full resolution from the
             1/4-resolution decoder by transposed convolutions alone, with a
             ``FullResolutionHead`` that also links the stem convolution's 1/2-resolution features
-            and a full-resolution convolution of the input. Defaults to False (as published).
+            and the input's intensities. Defaults to False (as published).
     """
 
     presets = {"light": {"features": (16, 32, 64, 128)}, "paper": {"features": (64, 128, 256, 512)}}
@@ -140,20 +140,18 @@ class LinkNet3D(SegmentationNetwork):
         self.decoder = nn.ModuleList(
             LinkDecoderBlock(feats[i], feats[max(i - 1, 0)], upsample=i > 0, **kw) for i in range(4)
         )
-        if full_resolution:
-            self.classifier = FullResolutionHead(
-                feats[0], feats[0], in_channels, feats[0], out_channels, dropout=dropout, **kw
-            )
-            init_weights(self)
-            return
         head = max(feats[0] // 2, 1)
-        self.classifier = nn.Sequential(
-            nn.ConvTranspose3d(feats[0], head, 3, stride=2, padding=1, output_padding=1, bias=False),
-            make_norm(norm, head, norm_groups),
-            make_act(act),
-            conv_norm_act(head, head, 3, **kw),
-            nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
-            nn.ConvTranspose3d(head, out_channels, 2, stride=2),
+        self.classifier = (
+            FullResolutionHead(feats[0], feats[0], in_channels, feats[0], out_channels, dropout=dropout, **kw)
+            if full_resolution
+            else nn.Sequential(
+                nn.ConvTranspose3d(feats[0], head, 3, stride=2, padding=1, output_padding=1, bias=False),
+                make_norm(norm, head, norm_groups),
+                make_act(act),
+                conv_norm_act(head, head, 3, **kw),
+                nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+                nn.ConvTranspose3d(head, out_channels, 2, stride=2),
+            )
         )
         init_weights(self)
 

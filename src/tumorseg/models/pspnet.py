@@ -108,8 +108,8 @@ class PSPNet3D(SegmentationNetwork):
         norm_groups: groups for ``norm="group"``. Defaults to 8.
         full_resolution: replace the 1x1x1 classifier and the x8 trilinear upsampling with a
             ``FullResolutionHead`` that decodes the fused pyramid features with the stem
-            convolution's 1/2-resolution features and a full-resolution convolution of the input
-            (DeepLabv3+'s remedy for the coarse output of a dilated backbone). Defaults to False
+            convolution's 1/2-resolution features and the input's intensities (DeepLabv3+'s
+            remedy for the coarse output of a dilated backbone). Defaults to False
             (as published).
     """
 
