@@ -180,7 +180,8 @@ def resolve_auto_sizes(cfg: DictConfig) -> None:
 
         args = OmegaConf.to_container(cfg.model.network, resolve=True)
         name, preset = args.pop("name"), args.pop("preset", "light")
-        net = build_model(name, preset, out_channels=out_channels(cfg.model.labels), **args)
+        with torch.device("meta"):  # sizes only: no memory, no initialisation cost, whatever the preset
+            net = build_model(name, preset, out_channels=out_channels(cfg.model.labels), **args)
         cfg.data.patch_size = max(AUTO_PATCH_FLOOR, net.min_input_size)
     if "auto" not in (str(cfg.data.get("samples_per_volume")), str(cfg.data.get("batch_size"))):
         return
