@@ -11,11 +11,15 @@
 # Where torchio, nibabel, hydra or monai are missing, wheels in .whl/ are used
 # (../shared/tools/device-wheels.sh, plus `pip download --no-deps monai -d .whl`).
 # A CPU dry run of the whole script (minutes, tiny sizes): DEVICE=cpu TRAINER=cpu PRESET=light
-#   SHAPE="80 72 64" PATCH=64 CASES=6 SPV=2 WARMUP=1 REPEATS=1 bash experiments/gpu_train_check.sh /tmp/dry
+#   SHAPE="80 72 64" PATCH=64 CASES=6 SPV=2 WARMUP=1 REPEATS=1 MODE=fp32 PRECISION=32-true \
+#   bash experiments/gpu_train_check.sh /tmp/dry      (fp32: bf16 is emulated, so very slow, on CPUs without it)
 set -euo pipefail
 out=${1:-outputs/gpu_train}
 DEVICE=${DEVICE:-cuda} TRAINER=${TRAINER:-gpu} PRESET=${PRESET:-paper} SHAPE=${SHAPE:-240 240 155}
 PATCH=${PATCH:-128} CASES=${CASES:-12} SPV=${SPV:-8} WARMUP=${WARMUP:-10} REPEATS=${REPEATS:-3}
+MODE=${MODE:-bf16} PRECISION=${PRECISION:-bf16-mixed}
+export MODE
+infer_bf16=(); [[ $MODE == fp32 ]] || infer_bf16=(--bf16)
 mkdir -p "$out"
 source experiments/gpu_env.sh
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
@@ -24,22 +28,22 @@ read -r -a shape <<< "$SHAPE"
 python -m tumorseg.data.synthetic "$out/phantoms" --cases "$CASES" --shape "${shape[@]}" --workers "$workers"
 for model in arunet3d linknet3d pspnet3d; do
   python experiments/benchmark.py step --model "$model" --preset "$PRESET" --patch "$PATCH" --batch 2 --out-channels 3 \
-    --modes bf16 --device "$DEVICE" --jsonl "$out/step.jsonl"
+    --modes "$MODE" --device "$DEVICE" --jsonl "$out/step.jsonl"
   python train.py experiment=brats_$model trainer="$TRAINER" model.network.preset="$PRESET" data.patch_size="$PATCH" \
     data.root="$out/phantoms" data.cache_dir="$out/cache" data.num_workers="$workers" data.samples_per_volume="$SPV" \
-    data.queue_length=32 trainer.max_epochs=1 trainer.limit_val_batches=1 logger=csv \
+    data.queue_length=32 trainer.max_epochs=1 trainer.limit_val_batches=1 trainer.precision="$PRECISION" logger=csv \
     callbacks.throughput.warmup_steps="$WARMUP" hydra.run.dir="$out/train_$model"
   python experiments/benchmark.py infer --model "$model" --preset "$PRESET" --shape "${shape[@]}" --roi "$PATCH" \
-    --overlap 0.5 --sw-batch 2 --bf16 --device "$DEVICE" --repeats "$REPEATS" --jsonl "$out/infer.jsonl"
+    --overlap 0.5 --sw-batch 2 "${infer_bf16[@]}" --device "$DEVICE" --repeats "$REPEATS" --jsonl "$out/infer.jsonl"
   python predict.py ckpt_path="$out/train_$model/checkpoints/last.ckpt" input="$out/phantoms/BraTS20_Training_001" \
     output_dir="$out/seg_$model" overwrite=true evaluate=false hydra.run.dir="$out/predict_$model" | tee "$out/predict_$model.txt"
 done
 
 python - "$out" <<'PY'
-import csv, json, sys
+import csv, json, os, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-steps = {r["model"]: r for r in map(json.loads, (out / "step.jsonl").read_text().splitlines()) if r["mode"] == "bf16"}
+steps = {r["model"]: r for r in map(json.loads, (out / "step.jsonl").read_text().splitlines()) if r["mode"] == os.environ["MODE"]}
 print(f"\ndevice: {next(iter(steps.values())).get('device_name') or next(iter(steps.values())).get('device', '?')}")
 print("| network | training patches/s (end to end) | model-only patches/s | ratio |")
 print("|---|---:|---:|---:|")
