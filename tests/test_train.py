@@ -92,6 +92,29 @@ def test_every_group_option_and_experiment_composes(tmp_path):
     assert cfg.model.inference.roi_size == 128
 
 
+
+@pytest.mark.parametrize("net", ["arunet3d", "linknet3d", "pspnet3d"])
+def test_scaled_paper_experiment_keeps_the_published_protocol(tmp_path, net):
+    """paper_cpu_<net> changes only the scale (data, image size, widths, epochs, learning rate)."""
+    paper = make_cfg([f"experiment=paper_{net}", "data.root=/x"], tmp_path)
+    scaled = make_cfg([f"experiment=paper_cpu_{net}"], tmp_path)
+    same = [
+        ("data", "preprocess", "modalities"), ("data", "preprocess", "slices"), ("data", "preprocess", "crop"),
+        ("data", "batch_size"), ("data", "samples_per_volume"), ("data", "sampler"), ("data", "augmentation"),
+        ("model", "labels"), ("model", "loss"), ("model", "optimizer", "name"), ("model", "optimizer", "weight_decay"),
+        ("model", "scheduler"), ("model", "network", "name"), ("model", "network", "norm"),
+        ("model", "network", "full_resolution"), ("model", "inference", "overlap"), ("trainer", "precision"),
+    ]  # fmt: skip
+    for keys in same:
+        assert OmegaConf.select(scaled, ".".join(keys)) == OmegaConf.select(paper, ".".join(keys)), keys
+    assert list(scaled.data.preprocess.modalities) == ["flair"] and scaled.model.labels == "softmax4"
+    assert scaled.model.optimizer.name == "rmsprop" and scaled.model.network.norm == "batch"
+    assert scaled.data._target_.endswith("SyntheticDataModule") and scaled.trainer.accelerator == "cpu"
+    edge = scaled.data.preprocess.in_plane[0]
+    assert list(scaled.data.patch_size) == list(scaled.model.inference.roi_size) == [edge, edge, 64]
+    assert scaled.model.optimizer.lr == 1e-3  # the published 1e-4 (LinkNet: 1e-5) scaled to ~1/50 of the steps
+    assert scaled.model.network.preset == "light" and scaled.trainer.max_epochs == 40
+
 def test_monitored_metric_is_named_once(tmp_path):
     cfg = make_cfg(["monitor.metric=val/dice_wt"], tmp_path)
     assert cfg.callbacks.best_checkpoint.monitor == "val/dice_wt"
