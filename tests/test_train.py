@@ -92,7 +92,6 @@ def test_every_group_option_and_experiment_composes(tmp_path):
     assert cfg.model.inference.roi_size == 128
 
 
-
 @pytest.mark.parametrize("net", ["arunet3d", "linknet3d", "pspnet3d"])
 def test_scaled_paper_experiment_keeps_the_published_protocol(tmp_path, net):
     """paper_cpu_<net> changes only the scale (data, image size, widths, epochs, learning rate)."""

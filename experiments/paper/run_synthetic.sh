@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's three experiments at a scale a 2-core CPU converges on (experiment=paper_cpu_<net>: the
 # published protocol on 24 synthetic phantoms of 96x96x155, slices resized to 32x32 or 64x64, light
-# widths, 40 epochs, learning rate 1e-3; conf/experiment/paper_cpu_*.yaml), one after another, then
+# widths, 40 epochs, learning rate 1e-3; conf/scale/paper_cpu.yaml), one after another, then
 # the figures and the table in experiments/paper/results/synthetic/. About 40 minutes on 2 cores.
 # On real BraTS 2020 the experiments run unscaled with
 #   python train.py -m experiment=paper_arunet3d,paper_linknet3d,paper_pspnet3d data.root=/data/MICCAI_BraTS2020_TrainingData
