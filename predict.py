@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from tumorseg.predict import PredictionError, run
-from tumorseg.train import register_resolvers
+from tumorseg.training.train import register_resolvers
 
 register_resolvers()
 log = logging.getLogger("predict")

@@ -5,7 +5,7 @@ Configs live in conf/; `python train.py --help` lists the groups and options."""
 import hydra
 from omegaconf import DictConfig
 
-from tumorseg.train import register_resolvers, run
+from tumorseg.training.train import register_resolvers, run
 
 register_resolvers()
 

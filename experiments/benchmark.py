@@ -365,7 +365,7 @@ def naive_pipeline_seconds(cases, patch: int, samples_per_volume: int, bias_fiel
     """
     import torchio as tio
 
-    from tumorseg.data.labels import MODALITIES
+    from tumorseg.labels import MODALITIES
 
     subjects = [
         tio.Subject(

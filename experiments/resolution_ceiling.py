@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tumorseg.data.labels import to_regions
 from tumorseg.data.layouts import discover, load_case
-from tumorseg.metrics import dice_per_case
+from tumorseg.labels import to_regions
+from tumorseg.training.metrics import dice_per_case
 
 
 def ceiling(label: np.ndarray, stride: int) -> torch.Tensor:

@@ -74,7 +74,7 @@ def first_reached(curve: list[dict], threshold: float) -> float | None:
 
 def run_one(model: str, seed: int, out: Path, overrides: list[str], redo: bool = False) -> dict:
     from tumorseg.plots import write_atomic
-    from tumorseg.train import register_resolvers, train
+    from tumorseg.training.train import register_resolvers, train
 
     register_resolvers()
     run_dir = out / "runs" / f"{model}-seed{seed}"

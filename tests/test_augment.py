@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tumorseg.data.augment import PRESETS, AugmentConfig, BatchAugment, augment_cost
-from tumorseg.data.labels import REGION_CLASSES, REGIONS
+from tumorseg.labels import REGION_CLASSES, REGIONS
 
 SHAPE = (2, 4, 24, 20, 16)  # (B, C, X, Y, Z)
 ALL_SPATIAL = {"p_flip": (1.0, 1.0, 1.0), "p_rotate": 1.0, "p_scale": 1.0}

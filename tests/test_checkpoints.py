@@ -23,7 +23,7 @@ from tumorseg.checkpoints import (
     load_model,
     resolve_checkpoint,
 )
-from tumorseg.module import SegmentationModule
+from tumorseg.training.module import SegmentationModule
 
 NETWORK = {"name": "arunet3d", "features": [4, 8, 16]}
 

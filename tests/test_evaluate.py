@@ -16,7 +16,6 @@ from brats_fixtures import affine, case_id, internal_label, write_dataset, write
 from scipy.ndimage import binary_erosion, gaussian_filter, generate_binary_structure
 from scipy.spatial.distance import cdist
 
-from tumorseg.data.labels import REGION_CLASSES, REGIONS, from_internal
 from tumorseg.evaluate import (
     COLUMNS,
     HD95_EMPTY,
@@ -27,6 +26,7 @@ from tumorseg.evaluate import (
     region_metrics,
     surface_distances,
 )
+from tumorseg.labels import REGION_CLASSES, REGIONS, from_internal
 
 SHAPE = (12, 10, 8)
 SPACING = (1.0, 1.5, 2.0)
@@ -252,7 +252,7 @@ def test_dice_matches_monai_and_dice_per_case():
     torch = pytest.importorskip("torch")
     from monai.metrics import DiceMetric
 
-    from tumorseg.metrics import dice_per_case
+    from tumorseg.training.metrics import dice_per_case
 
     rng = np.random.default_rng(7)
     shape = (10, 9, 8)

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from train_helpers import CONF, ROOT, tiny_overrides
 
 from tumorseg.checkpoints import load_model
-from tumorseg.data.labels import to_internal
+from tumorseg.labels import to_internal
 from tumorseg.predict import PredictSettings, dataset_cases, predict
-from tumorseg.train import register_resolvers, train
+from tumorseg.training.train import register_resolvers, train
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import evaluate_runs as er  # noqa: E402

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from tumorseg.data.labels import to_regions
 from tumorseg.inference import InferenceConfig, mirror_sets, sliding_window_logits
-from tumorseg.schemes import label_regions, out_channels, probabilities, targets, to_labels
+from tumorseg.inference.schemes import label_regions, out_channels, probabilities, targets, to_labels
+from tumorseg.labels import to_regions
 
 
 def pointwise_net(seed: int = 0) -> nn.Module:

@@ -21,7 +21,6 @@ from brats_fixtures import (
     write_nifti,
 )
 
-from tumorseg.data.labels import MODALITIES
 from tumorseg.data.layouts import (
     LAYOUTS,
     Case,
@@ -32,6 +31,7 @@ from tumorseg.data.layouts import (
     discover,
     load_case,
 )
+from tumorseg.labels import MODALITIES
 
 REAL_DATA = Path(__file__).parents[2] / "shared" / "data"
 REAL_CASE = REAL_DATA / "BraTS-GLI-00001-000"

@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF, tiny_overrides
 
-from tumorseg.train import register_resolvers, train
+from tumorseg.training.train import register_resolvers, train
 
 register_resolvers()
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 
-from tumorseg.losses import SegmentationLoss
-from tumorseg.metrics import RegionDice, dice_per_case
+from tumorseg.training.losses import SegmentationLoss
+from tumorseg.training.metrics import RegionDice, dice_per_case
 
 SMOOTH = 1e-5
 
@@ -28,7 +28,7 @@ def _random_case(shape=(2, 5, 6, 7), channels=4, seed=0):
 
 
 def _regions(label: torch.Tensor) -> torch.Tensor:
-    """Region masks written out independently of tumorseg.schemes: WT = 1|2|3, TC = 1|3, ET = 3."""
+    """Region masks written out independently of tumorseg.inference.schemes: WT = 1|2|3, TC = 1|3, ET = 3."""
     return torch.stack([label > 0, (label == 1) | (label == 3), label == 3], dim=1).float()
 
 

@@ -17,9 +17,9 @@ from brats_fixtures import corrupt_file, write_dataset
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF, ROOT
 
-from tumorseg.module import SegmentationModule
 from tumorseg.predict import PredictionError, postprocess, run
-from tumorseg.train import register_resolvers
+from tumorseg.training.module import SegmentationModule
+from tumorseg.training.train import register_resolvers
 
 register_resolvers()
 REAL_CASE = ROOT.parent / "shared" / "data" / "BraTS-GLI-00001-000"

@@ -7,7 +7,7 @@ and their options stripped), classified and checked without training or predicti
 
 * ``train.py``: Hydra's own command-line and override parsers; each sweep combination (up to a
   cap) composed, the ``model``/``data``/``trainer``/``callbacks``/``logger`` nodes resolved, the
-  datamodule and the model built as ``tumorseg.train.train`` builds them, the sizes checked as it
+  datamodule and the model built as ``tumorseg.training.train.train`` builds them, the sizes checked as it
   checks them, the trainer, callback and logger arguments bound to their targets' signatures, and
   an Optuna search space composed at its bounds;
 * ``predict.py``: ``conf/predict.yaml`` composed with the overrides and resolved;
@@ -50,7 +50,7 @@ from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from tumorseg.train import build, register_resolvers, resolve_precision
+from tumorseg.training.train import build, register_resolvers, resolve_precision
 
 try:
     import tomllib
@@ -397,7 +397,7 @@ def bind_target(node: dict, where: str) -> None:
 
 
 def check_train_cfg(cfg: DictConfig) -> None:
-    """What tumorseg.train.train does before fitting: resolve, build the data and the model, check the sizes."""
+    """What tumorseg.training.train.train does before fitting: resolve, build the data and the model, check the sizes."""
     nodes = {key: resolved(cfg, key) for key in ("model", "data", "trainer", "callbacks", "logger")}
     datamodule, model = build(cfg)
     # the optimizer and the learning-rate schedule, as Lightning builds them when fitting starts

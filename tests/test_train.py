@@ -19,9 +19,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from train_helpers import CONF, ROOT, tiny_overrides
 
-from tumorseg.callbacks import AtomicCheckpointIO
-from tumorseg.module import NonFiniteLossError, SegmentationModule, build_optimizer, schedule_factor
-from tumorseg.train import (
+from tumorseg.training.callbacks import AtomicCheckpointIO
+from tumorseg.training.module import NonFiniteLossError, SegmentationModule, build_optimizer, schedule_factor
+from tumorseg.training.train import (
     build,
     checkpoint_to_resume,
     find_last_checkpoint,

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from .data.labels import MODALITIES
-from .module import SegmentationModule
+from tumorseg.labels import MODALITIES
+from tumorseg.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
-from .data.labels import CLASSES, CONVENTIONS, REGION_CLASSES, REGIONS, to_internal, unexpected_values
-from .data.layouts import DatasetError, discover, select_cases
+from tumorseg.data.layouts import DatasetError, discover, select_cases
+from tumorseg.labels import CLASSES, CONVENTIONS, REGION_CLASSES, REGIONS, to_internal, unexpected_values
 
 HD95_EMPTY = 373.13
 """HD95 in mm of a region present in exactly one of prediction and reference (BraTS convention)."""

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data.cache import PreprocessConfig, preprocess, restore_geometry
-from .data.labels import CONVENTIONS, MODALITIES, REGIONS, from_internal, to_internal, to_regions
-from .data.layouts import LAYOUTS, Case, CaseError, Volume, discover, load_case, select_cases
-from .inference import InferenceConfig, sliding_window_logits
-from .module import SegmentationModule
-from .schemes import probabilities, to_labels
+from tumorseg.data.cache import PreprocessConfig, preprocess, restore_geometry
+from tumorseg.data.layouts import LAYOUTS, Case, CaseError, Volume, discover, load_case, select_cases
+from tumorseg.inference.schemes import probabilities, to_labels
+from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
+from tumorseg.labels import CONVENTIONS, MODALITIES, REGIONS, from_internal, to_internal, to_regions
+from tumorseg.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ def _segment(record: dict, groups: list[ModelGroup], settings: PredictSettings, 
         write_atomic_nifti(maps, record["affine"], record["header"], path)
         (prob_dir / "channels.json").write_text(json.dumps({"channels": list(names)}))
     if settings.png:
-        from .plots import orthogonal_views, save_figure
+        from tumorseg.plots import orthogonal_views, save_figure
 
         fig = orthogonal_views(
             record["display"], label, spacing=record["spacing"], modality=record["display_name"], title=item.case_id
@@ -449,7 +449,7 @@ def _chosen(items: list[InputCase], spec, root: Path) -> list[InputCase]:
 def run(cfg) -> int:
     """``predict.py``: resolve and load the checkpoints, find the cases, segment them, evaluate
     against references where the input has them; returns the exit status."""
-    from .checkpoints import checkpoint_summary, load_checkpoint, load_model, resolve_checkpoint
+    from tumorseg.checkpoints import checkpoint_summary, load_checkpoint, load_model, resolve_checkpoint
 
     specs = _as_list(cfg.ckpt_path)
     if not specs:
@@ -510,7 +510,7 @@ def run(cfg) -> int:
     status = 1 if report.failed else 0
     with_refs = [i for i in items if i.reference is not None]
     if cfg.evaluate and with_refs and cfg.input:
-        from .evaluate import evaluate_folder
+        from tumorseg.evaluate import evaluate_folder
 
         result = evaluate_folder(
             out_dir, Path(cfg.input), labels="auto", out=out_dir / "metrics.csv", progress=cfg.progress,

@@ -4,8 +4,19 @@ Heavy modules (the datamodule pulls in Lightning and TorchIO) are imported where
 ``from tumorseg.data.datamodule import BratsDataModule``.
 """
 
-from .labels import CLASSES, CONVENTIONS, MODALITIES, REGIONS, from_internal, to_internal, to_regions
-from .layouts import LAYOUTS, Case, CaseError, DatasetError, Discovery, Problem, Volume, check_case, discover, load_case
+from tumorseg.data.layouts import (
+    LAYOUTS,
+    Case,
+    CaseError,
+    DatasetError,
+    Discovery,
+    Problem,
+    Volume,
+    check_case,
+    discover,
+    load_case,
+)
+from tumorseg.labels import CLASSES, CONVENTIONS, MODALITIES, REGIONS, from_internal, to_internal, to_regions
 
 __all__ = [
     "CLASSES",

@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import check
-from .layouts import LAYOUTS
+from tumorseg.data import check
+from tumorseg.data.layouts import LAYOUTS
 
 
 def _positive_int(text: str) -> int:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .labels import MODALITIES
-from .layouts import Case, Discovery, Problem, Volume, check_case
+from tumorseg.data.layouts import Case, Discovery, Problem, Volume, check_case
+from tumorseg.labels import MODALITIES
 
 FORMAT_VERSION = 1
 MAX_FOREGROUND = 20_000  # tumour voxel coordinates kept per case for foreground sampling

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .labels import CONVENTIONS
-from .layouts import Case, DatasetError, Problem, check_case, discover
+from tumorseg.data.layouts import Case, DatasetError, Problem, check_case, discover
+from tumorseg.labels import CONVENTIONS
 
 
 @dataclass

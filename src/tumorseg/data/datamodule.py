@@ -26,10 +26,10 @@ import torchio as tio
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torchio.data.sampler import RandomSampler
 
-from .augment import BatchAugment
-from .cache import Cache, CacheEntry, PreprocessConfig, build_cache
-from .check import format_problems
-from .layouts import DatasetError, discover
+from tumorseg.data.augment import BatchAugment
+from tumorseg.data.cache import Cache, CacheEntry, PreprocessConfig, build_cache
+from tumorseg.data.check import format_problems
+from tumorseg.data.layouts import DatasetError, discover
 
 PAPER_TRAIN_CASES = 250  # the paper trained on the first 250 BraTS 2020 training cases
 
@@ -495,7 +495,7 @@ class SyntheticDataModule(BratsDataModule):
         super().__init__(folder, **kwargs)
 
     def generate(self, progress: bool = True) -> None:
-        from .synthetic import generate_dataset
+        from tumorseg.data.synthetic import generate_dataset
 
         generate_dataset(
             self.root, self.cases, seed=self.data_seed, shape=self.shape, workers=self.preprocess_workers,

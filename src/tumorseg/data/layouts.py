@@ -34,7 +34,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from .labels import CONVENTIONS, MODALITIES, to_internal, unexpected_values
+from tumorseg.labels import CONVENTIONS, MODALITIES, to_internal, unexpected_values
 
 LAYOUTS = ("brats2020", "brats2021", "brats2023", "msd")
 

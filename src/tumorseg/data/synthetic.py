@@ -67,7 +67,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy import ndimage
 
-from .labels import MODALITIES
+from tumorseg.labels import MODALITIES
 
 __all__ = ["DEFAULT_SHAPE", "MANIFEST", "brats_affine", "case_id", "generate_dataset", "main", "make_phantom"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from .arunet import ARUNet3D
-from .layers import ACTS, NORMS, SegmentationNetwork
-from .linknet import LinkNet3D
-from .pspnet import PSPNet3D
+from tumorseg.models.arunet import ARUNet3D
+from tumorseg.models.layers import ACTS, NORMS, SegmentationNetwork
+from tumorseg.models.linknet import LinkNet3D
+from tumorseg.models.pspnet import PSPNet3D
 
 MODELS: dict[str, type[SegmentationNetwork]] = {
     "arunet3d": ARUNet3D,

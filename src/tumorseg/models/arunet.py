@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import SegmentationNetwork, check_common, check_int_sequence, init_weights, make_act, make_norm
+from tumorseg.models.layers import (
+    SegmentationNetwork,
+    check_common,
+    check_int_sequence,
+    init_weights,
+    make_act,
+    make_norm,
+)
 
 
 class PreActResBlock(nn.Module):

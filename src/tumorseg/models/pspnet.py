@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layers import (
+from tumorseg.models.layers import (
     AdaptiveAvgPool3d,
     FullResolutionHead,
     SegmentationNetwork,

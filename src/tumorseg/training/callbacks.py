@@ -187,7 +187,7 @@ class LossScorePlot(Callback):
         self.filename = filename
 
     def draw(self, trainer: pl.Trainer) -> Path | None:
-        from .plots import epoch_history, plot_loss_score, wandb_epoch_history
+        from tumorseg.plots import epoch_history, plot_loss_score, wandb_epoch_history
 
         for logger in trainer.loggers:
             logger.save()
@@ -230,7 +230,7 @@ class WandbSegmentationPanel(Callback):
         sample = getattr(pl_module, "val_sample", None)
         if not self.loggers or not trainer.is_global_zero or trainer.sanity_checking or sample is None:
             return
-        from .plots import figure_to_array, segmentation_panel
+        from tumorseg.plots import figure_to_array, segmentation_panel
 
         fig = segmentation_panel(
             sample["image"].astype("float32"),

@@ -2,7 +2,7 @@
 
 ``regions``: three sigmoid channels for the nested regions WT, TC, ET (the BraTS 2020 winner's
 setup; each voxel may belong to several). ``softmax4``: four softmax classes background, NCR, ED,
-ET (the paper's setup). Label maps here are the internal classes of ``tumorseg.data.labels``
+ET (the paper's setup). Label maps here are the internal classes of ``tumorseg.labels``
 (0 background, 1 NCR, 2 ED, 3 ET).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .data.labels import REGION_CLASSES, REGIONS
+from tumorseg.labels import REGION_CLASSES, REGIONS
 
 SCHEMES = ("regions", "softmax4")
 

@@ -3,7 +3,7 @@
 Windows are blended with a Gaussian importance map (MONAI's ``sliding_window_inference``, which
 stitches on the device), optionally averaged over the 8 mirrorings of the three axes
 (test-time augmentation as nnU-Net and the BraTS winners use it). Logits are blended and
-averaged, as nnU-Net does; ``tumorseg.schemes`` turns them into probabilities and labels.
+averaged, as nnU-Net does; ``tumorseg.inference.schemes`` turns them into probabilities and labels.
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
 
-from .data.labels import MODALITIES, REGIONS
-from .inference import InferenceConfig, sliding_window_logits
-from .losses import SegmentationLoss
-from .metrics import RegionDice
-from .models import build_model
-from .schemes import check_scheme, out_channels, probabilities, to_labels
+from tumorseg.inference.schemes import check_scheme, out_channels, probabilities, to_labels
+from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
+from tumorseg.labels import MODALITIES, REGIONS
+from tumorseg.models import build_model
+from tumorseg.training.losses import SegmentationLoss
+from tumorseg.training.metrics import RegionDice
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torchmetrics import Metric
 
-from .data.labels import REGIONS
-from .schemes import label_regions
+from tumorseg.inference.schemes import label_regions
+from tumorseg.labels import REGIONS
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:

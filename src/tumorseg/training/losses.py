@@ -11,7 +11,7 @@ import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-from .schemes import check_scheme, out_channels, targets
+from tumorseg.inference.schemes import check_scheme, out_channels, targets
 
 LOSSES = ("dice", "dice_ce", "dice_bce")
 # the losses each scheme accepts: a CE term must match the output activation

@@ -15,9 +15,9 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .callbacks import AtomicCheckpointIO
-from .data.labels import MODALITIES
-from .module import NonFiniteLossError, SegmentationModule
+from tumorseg.labels import MODALITIES
+from tumorseg.training.callbacks import AtomicCheckpointIO
+from tumorseg.training.module import NonFiniteLossError, SegmentationModule
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ def resolve_auto_sizes(cfg: DictConfig) -> None:
     of optimizer steps per epoch, each on more voxels. They are written into ``cfg`` before
     anything is built, so the run's config holds the numbers."""
     if str(cfg.data.get("patch_size")) == "auto":
-        from .models import build_model
-        from .schemes import out_channels
+        from tumorseg.inference.schemes import out_channels
+        from tumorseg.models import build_model
 
         args = OmegaConf.to_container(cfg.model.network, resolve=True)
         name, preset = args.pop("name"), args.pop("preset", "light")
