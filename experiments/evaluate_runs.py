@@ -57,9 +57,9 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from plot_runs import RunError, _row, plot_runs
 
+from tumorseg.labels import REGIONS
 from tumorseg.plots import save_figure, write_atomic
 
-REGIONS = ("wt", "tc", "et")  # as tumorseg.evaluate names them
 CHECKPOINTS = ("last", "best")
 
 

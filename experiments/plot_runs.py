@@ -58,6 +58,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tumorseg.labels import CLASS_NAMES, REGION_NAMES
 from tumorseg.plots import History, epoch_history, plot_loss_score, save_figure, wandb_epoch_history, write_atomic
 
 SOURCES = ("auto", "csv", "wandb")
@@ -79,8 +80,8 @@ REFERENCES = {
         "note": PAPER_NOTE,
     }
 }
-REGIONS = (("wt", "WT"), ("tc", "TC"), ("et", "ET"))
-CLASSES = (("ncr", "NCR"), ("ed", "ED"))  # the ET class is the ET region
+REGIONS = tuple(REGION_NAMES.items())
+CLASSES = tuple((c, CLASS_NAMES[c]) for c in ("ncr", "ed"))  # the ET class is the ET region
 LOSS_KEYS = ("train/dice_loss", "val/dice_loss", "train/dice_mean", "val/dice_mean")  # plot_loss_score's series
 
 

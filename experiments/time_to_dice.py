@@ -33,9 +33,10 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from tumorseg.labels import REGIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("arunet3d", "linknet3d", "pspnet3d")
-REGIONS = ("wt", "tc", "et")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -20,6 +20,7 @@ from tumorseg.evaluate import (
     COLUMNS,
     HD95_EMPTY,
     METRICS,
+    dice_from_counts,
     evaluate_folder,
     hd95,
     main,
@@ -273,6 +274,35 @@ def test_dice_matches_monai_and_dice_per_case():
     np.testing.assert_allclose(ours, monai.numpy(), rtol=1e-6)
     np.testing.assert_allclose(ours, dice_per_case(torch.from_numpy(np.stack(preds)), torch.from_numpy(np.stack(refs))))
     assert ours[0, 2] == 0.0 and ours[1, 2] == 1.0 and ours[2, 2] == 0.0
+
+
+def test_one_dice_for_numbers_numpy_and_torch():
+    """``dice_from_counts`` serves ``region_metrics`` (float64) and training's ``dice_per_case``
+    (torch float64): both give the hand-worked values bit for bit, empty masks included."""
+    torch = pytest.importorskip("torch")
+    from tumorseg.training.metrics import dice_per_case
+
+    # (intersection, prediction, reference) -> Dice
+    hand = {(4, 5, 4): 8 / 9, (2, 2, 2): 1.0, (0, 0, 0): 1.0, (0, 3, 0): 0.0, (0, 0, 1): 0.0, (1, 3, 5): 0.25}
+    for counts, dice in hand.items():
+        assert type(dice_from_counts(*counts)) is float and dice_from_counts(*counts) == dice
+    counts = [np.array(column, dtype=np.int64) for column in zip(*hand)]
+    as_numpy = dice_from_counts(*counts)
+    assert as_numpy.dtype == np.float64 and as_numpy.tolist() == list(hand.values())
+    as_torch = dice_from_counts(*(torch.from_numpy(column).double() for column in counts))
+    assert as_torch.dtype == torch.float64 and as_torch.tolist() == list(hand.values())
+
+    # WT 4 in the reference, 5 predicted, 4 shared: 8/9; TC 2, 2, 2: 1; ET only in the reference: 0
+    ref = np.array([0, 2, 2, 1, 3, 0, 0, 0], dtype=np.uint8).reshape(1, 1, 8)
+    pred = np.array([0, 2, 2, 1, 1, 2, 0, 0], dtype=np.uint8).reshape(1, 1, 8)
+    empty = np.zeros_like(ref)
+    # then both empty (1), the prediction empty (0), the reference empty (0; ET is in neither: 1)
+    expected = [[8 / 9, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    pairs = [(pred, ref), (empty, empty), (empty, ref), (pred, empty)]
+    ours = [[region_metrics(p, r, (1, 1, 1))[region]["dice"] for region in REGIONS] for p, r in pairs]
+    assert ours == expected
+    training = dice_per_case(*(torch.from_numpy(np.stack(maps)) for maps in zip(*pairs)))
+    assert training.dtype == torch.float64 and training.tolist() == expected
 
 
 # ------------------------------------------------------------------------------------ command line

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tumorseg.inference import InferenceConfig, mirror_sets, sliding_window_logits
-from tumorseg.inference.schemes import label_regions, out_channels, probabilities, targets, to_labels
+from tumorseg.inference.schemes import out_channels, probabilities, targets, to_labels
 from tumorseg.labels import to_regions
 
 
@@ -71,7 +71,7 @@ def test_inference_config_rejects_bad_values():
 def test_label_schemes_round_trip():
     torch.manual_seed(0)
     label = torch.randint(0, 4, (2, 6, 5, 4))
-    regions = label_regions(label)
+    regions = to_regions(label, axis=1)
     assert torch.equal(regions, torch.from_numpy(to_regions(label.numpy()).swapaxes(0, 1)))
     assert out_channels("regions") == 3 and out_channels("softmax4") == 4
     # perfect logits give back the label map in both schemes

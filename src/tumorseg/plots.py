@@ -35,15 +35,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from tumorseg.labels import CLASS_COLOURS, MODALITY_NAMES, REGION_NAMES, REGIONS
+
 History = dict[str, dict[int, float]]
 
 DPI = 120
-# Internal class -> (legend name, RGB); the colours of the synthetic data previews.
-CLASS_COLOURS = {1: ("NCR", (0.9, 0.1, 0.1)), 2: ("ED", (0.1, 0.8, 0.2)), 3: ("ET", (1.0, 0.85, 0.0))}
 OVERLAY_ALPHA = 0.5
-MODALITY_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
+MODALITY_TITLES = MODALITY_NAMES
 AXIS_NAMES = {0: "sagittal", 1: "coronal", 2: "axial"}
-REGION_KEYS = {"val/dice_wt": "val WT", "val/dice_tc": "val TC", "val/dice_et": "val ET"}
+REGION_KEYS = {f"val/dice_{r}": f"val {REGION_NAMES[r]}" for r in REGIONS}
 # Columns of a CSVLogger file and keys of a W&B row that index the metrics rather than being one.
 _INDEX_COLUMNS = ("epoch", "step")
 _WANDB_INDEX_KEYS = ("epoch", "trainer/global_step")

@@ -29,7 +29,16 @@ from tumorseg.data.cache import PreprocessConfig, preprocess, restore_geometry
 from tumorseg.data.layouts import LAYOUTS, Case, CaseError, Volume, discover, load_case, select_cases
 from tumorseg.inference.schemes import probabilities, to_labels
 from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
-from tumorseg.labels import CONVENTIONS, MODALITIES, REGIONS, from_internal, to_internal, to_regions
+from tumorseg.labels import (
+    CONVENTIONS,
+    MODALITIES,
+    REGIONS,
+    from_internal,
+    postprocess,
+    region_probabilities,
+    to_internal,
+    volumes_cm3,
+)
 from tumorseg.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -157,13 +166,6 @@ def group_models(models: Sequence[SegmentationModule]) -> list[ModelGroup]:
     return list(groups.values())
 
 
-def region_probabilities(probs: torch.Tensor, scheme: str) -> torch.Tensor:
-    """Probabilities (C, ...) of ``scheme`` -> WT/TC/ET probabilities (3, ...)."""
-    if scheme == "regions":
-        return probs
-    return torch.stack([probs[1] + probs[2] + probs[3], probs[1] + probs[3], probs[3]])
-
-
 # ------------------------------------------------------------------------------------ loading workers
 
 
@@ -221,25 +223,6 @@ def write_atomic_nifti(array: np.ndarray, affine: np.ndarray, header: nib.Nifti1
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def postprocess(label: np.ndarray, et_min_voxels: int) -> tuple[np.ndarray, bool]:
-    """Relabel all enhancing tumour as necrosis when there is less of it than ``et_min_voxels``
-    (the BraTS 2020 winner's rule: small ET predictions are mostly false positives, and an empty
-    ET scores Dice 1 where the reference has none)."""
-    et = label == 3
-    count = int(et.sum())
-    if et_min_voxels > 0 and 0 < count < et_min_voxels:
-        label = label.copy()
-        label[et] = 1
-        return label, True
-    return label, False
-
-
-def volumes_cm3(label: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
-    voxel = float(np.prod(spacing)) / 1000.0
-    regions = to_regions(label)
-    return {f"{r}_cm3": float(regions[i].sum()) * voxel for i, r in enumerate(REGIONS)}
 
 
 # ------------------------------------------------------------------------------------ predictor

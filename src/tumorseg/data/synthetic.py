@@ -67,7 +67,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy import ndimage
 
-from tumorseg.labels import MODALITIES
+from tumorseg.labels import CLASS_COLOURS, CONVENTIONS, MODALITIES, MODALITY_NAMES
 
 __all__ = ["DEFAULT_SHAPE", "MANIFEST", "brats_affine", "case_id", "generate_dataset", "main", "make_phantom"]
 
@@ -106,8 +106,8 @@ TEXTURE = np.array([0.0, 0.03, 0.03, 0.03, 0.05, 0.10, 0.10, 0.10], dtype=np.flo
 
 BRAIN_FRACTION = np.array([0.60, 0.74, 0.80])  # brain semi-axes / half the volume, about as in BraTS
 BRAIN_DEFORM = 0.07  # the surface moves by at most this fraction of the radius
-PREVIEW_TITLES = {"flair": "FLAIR", "t1": "T1", "t1ce": "T1ce", "t2": "T2"}
-PREVIEW_COLOURS = {1: ("NCR", (0.9, 0.1, 0.1)), 2: ("ED", (0.1, 0.8, 0.2)), 4: ("ET", (1.0, 0.85, 0.0))}
+# the phantoms' labels are BraTS 2020 values: each value gets the colour of its internal class
+PREVIEW_COLOURS = {value: CLASS_COLOURS[cls] for value, cls in CONVENTIONS["brats2020"].items() if cls}
 
 
 def case_id(index: int) -> str:
@@ -408,7 +408,7 @@ def _preview_png(images: dict[str, np.ndarray], label: np.ndarray, title: str) -
     axes = figure.subplots(1, len(MODALITIES) + 1)
     for ax, name in zip(axes, MODALITIES):
         ax.imshow(slices[name], cmap="gray", vmin=0, vmax=windows[name], interpolation="nearest")
-        ax.set_title(PREVIEW_TITLES[name])
+        ax.set_title(MODALITY_NAMES[name])
     overlay = np.zeros((*slices["flair"].shape, 4))
     for value, (_, colour) in PREVIEW_COLOURS.items():
         overlay[label[:, :, k].T == value] = (*colour, 0.6)

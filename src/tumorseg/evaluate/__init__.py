@@ -1,30 +1,42 @@
-"""BraTS evaluation of predicted label maps against references: ``python -m tumorseg.evaluate``."""
+"""BraTS evaluation of predicted label maps against references: ``python -m tumorseg.evaluate``.
 
-from tumorseg.evaluate.folder import (
-    COLUMNS,
-    HD95_EMPTY,
-    METRICS,
-    EvaluationError,
-    EvaluationResult,
-    evaluate_folder,
-    hd95,
-    main,
-    region_metrics,
-    summarise,
-    surface_distances,
-    write_csv,
-    write_json,
-)
+For each case and region (WT, TC, ET; see ``tumorseg.labels``) it reports Dice, the 95th
+percentile Hausdorff distance, sensitivity, specificity and the predicted and reference volumes,
+with the BraTS conventions for empty masks (see ``tumorseg.evaluate.metrics``).
+
+The command line::
+
+    python -m tumorseg.evaluate --pred predictions/ --ref MICCAI_BraTS2020_TrainingData/
+    python -m tumorseg.evaluate --pred predictions/ --ref labels/ --labels brats2023 --out runs/metrics.csv
+
+``--pred`` is a folder of ``<case_id>.nii.gz`` label maps (what ``tumorseg.predict`` writes) or a
+single file; ``--ref`` a dataset root that ``tumorseg.data.layouts.discover`` recognises, or a
+folder of ``<case_id>.nii.gz`` label maps. It writes a CSV with one row per case and region, a
+JSON with the same values, their summary and the cases that could not be evaluated, and prints
+the summary.
+
+Modules: ``metrics`` (Dice, surface distances, HD95, the metrics of one case), ``folder``
+(pairing prediction and reference files, the worker processes, ``evaluate_folder``), ``reports``
+(summary, CSV, JSON, printed table), ``cli`` (the command line).
+"""
+
+from tumorseg.evaluate.cli import main
+from tumorseg.evaluate.folder import LABEL_CHOICES, EvaluationError, EvaluationResult, evaluate_folder
+from tumorseg.evaluate.metrics import HD95_EMPTY, METRICS, dice_from_counts, hd95, region_metrics, surface_distances
+from tumorseg.evaluate.reports import COLUMNS, print_result, summarise, write_csv, write_json
 
 __all__ = [
     "COLUMNS",
     "HD95_EMPTY",
+    "LABEL_CHOICES",
     "METRICS",
     "EvaluationError",
     "EvaluationResult",
+    "dice_from_counts",
     "evaluate_folder",
     "hd95",
     "main",
+    "print_result",
     "region_metrics",
     "summarise",
     "surface_distances",

@@ -1,6 +1,6 @@
-"""``python -m tumorseg.evaluate``."""
+"""``python -m tumorseg.evaluate``: see ``tumorseg.evaluate.cli``."""
 
-from tumorseg.evaluate.folder import main
+from tumorseg.evaluate.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

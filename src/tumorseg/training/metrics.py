@@ -1,5 +1,6 @@
-"""Hard Dice of the BraTS regions WT, TC and ET on internal label maps.
+"""Hard Dice of the BraTS regions WT, TC and ET on internal label maps, during training.
 
+The Dice is ``tumorseg.evaluate.metrics.dice_from_counts``, the one the evaluation computes, so
 ``dice_per_case`` follows the BraTS evaluation convention for empty masks: a region absent from
 both prediction and reference scores 1, a region present in only one of them scores 0.
 ``RegionDice`` averages it over cases (validation) or pools voxel counts over everything it has
@@ -8,13 +9,14 @@ seen (training patches, where many patches hold no tumour and per-case scores wo
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 from torchmetrics import Metric
 
-from tumorseg.inference.schemes import label_regions
-from tumorseg.labels import REGIONS
+from tumorseg.evaluate.metrics import dice_from_counts
+from tumorseg.labels import CLASSES, REGIONS, TUMOUR_CLASSES, to_classes, to_regions
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -27,12 +29,11 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"expected label maps of shape (B, *S), got shape {tuple(pred.shape)}.")
 
 
-def label_classes(label: torch.Tensor) -> torch.Tensor:
-    """Internal label map (B, *S) -> boolean masks (B, 3, *S) of the classes NCR, ED, ET."""
-    return torch.stack([label == c for c in (1, 2, 3)], dim=1)
-
-
-MASKS = {"regions": (REGIONS, label_regions), "classes": (("ncr", "ed", "et"), label_classes)}
+# kind -> (names of the masks, label map (B, *S) -> boolean masks (B, 3, *S))
+MASKS = {
+    "regions": (REGIONS, partial(to_regions, axis=1)),
+    "classes": (tuple(CLASSES[cls] for cls in TUMOUR_CLASSES), partial(to_classes, axis=1)),
+}
 
 
 def _region_counts(
@@ -46,9 +47,8 @@ def _region_counts(
 
 
 def _dice(intersection: torch.Tensor, pred_sum: torch.Tensor, target_sum: torch.Tensor) -> torch.Tensor:
-    """2I / (P + T) in float64, 1.0 where both are empty (and then I = 0, so one empty mask gives 0)."""
-    denom = (pred_sum + target_sum).double()
-    return torch.where(denom > 0, 2.0 * intersection.double() / denom.clamp_min(1), torch.ones_like(denom))
+    """Dice in float64 from integer voxel counts (see ``dice_from_counts``)."""
+    return dice_from_counts(intersection.double(), pred_sum.double(), target_sum.double())
 
 
 def dice_per_case(pred: torch.Tensor, target: torch.Tensor, kind: str = "regions") -> torch.Tensor:
@@ -127,4 +127,4 @@ class RegionDice(Metric):
         return {**{name: dice[i] for i, name in enumerate(names)}, "mean": dice.mean()}
 
 
-__all__ = ["RegionDice", "dice_per_case", "label_classes"]
+__all__ = ["MASKS", "RegionDice", "dice_per_case"]

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tumorseg.labels import MODALITIES
+from tumorseg.labels import MODALITIES, REGION_NAMES, REGIONS
 from tumorseg.training.callbacks import AtomicCheckpointIO
 from tumorseg.training.module import NonFiniteLossError, SegmentationModule
 
@@ -277,7 +277,7 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, float], best
     lines = [f"Run directory: {run_dir}"]
     if monitor in metrics:
         regions = "  ".join(
-            f"{r.upper()} {metrics[f'val/dice_{r}']:.3f}" for r in ("wt", "tc", "et") if f"val/dice_{r}" in metrics
+            f"{REGION_NAMES[r]} {metrics[f'val/dice_{r}']:.3f}" for r in REGIONS if f"val/dice_{r}" in metrics
         )
         lines.append(f"Final {monitor}: {metrics[monitor]:.4f}  ({regions})")
     if f"best/{monitor}" in metrics:

@@ -1,0 +1,64 @@
+"""The command line of the evaluation, ``python -m tumorseg.evaluate`` (examples in ``tumorseg.evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from tumorseg.cli import positive_int
+from tumorseg.data.layouts import select_cases
+from tumorseg.evaluate.folder import LABEL_CHOICES, EvaluationError, evaluate_folder
+from tumorseg.evaluate.reports import print_result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tumorseg.evaluate``: evaluate, write the CSV and JSON, print the summary.
+
+    Returns:
+        0 when every case was evaluated, 1 when a case has no counterpart or failed, 2 when the
+        inputs cannot be used at all.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m tumorseg.evaluate",
+        description="BraTS evaluation (Dice, HD95, sensitivity, specificity, volumes of WT, TC, ET) "
+        "of predicted label maps against references.",
+    )
+    parser.add_argument("--pred", required=True, help="folder of <case_id>.nii.gz label maps, or one file")
+    parser.add_argument("--ref", required=True, help="dataset root (BraTS 2020/2021/2023, MSD) or folder of label maps")
+    parser.add_argument(
+        "--labels",
+        choices=LABEL_CHOICES,
+        default="auto",
+        help="label convention of the plain label files (default: auto, from the dataset or the values found)",
+    )
+    parser.add_argument(
+        "--out", help="CSV to write (default: metrics.csv in the pred folder); the JSON goes next to it"
+    )
+    parser.add_argument(
+        "--cases",
+        help="evaluate only these cases: a run's split.json (its validation cases), a JSON list or a text file of ids",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=min(8, os.cpu_count() or 1),
+        help="parallel processes (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    console = Console(soft_wrap=True)
+    try:
+        cases = select_cases(args.cases) if args.cases else None
+        result = evaluate_folder(
+            args.pred, args.ref, labels=args.labels, out=args.out, workers=args.workers, cases=cases
+        )
+    except (EvaluationError, ValueError) as error:
+        Console(stderr=True, soft_wrap=True).print(f"error: {error}", markup=False, highlight=False)
+        return 2
+    console.print(f"labels: {escape(result.labels_reason)}", highlight=False)
+    print_result(result, console)
+    console.print(f"wrote {escape(str(result.csv_path))} and {escape(str(result.json_path))}", highlight=False)
+    return 0 if result.ok else 1

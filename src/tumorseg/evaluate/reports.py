@@ -1,0 +1,107 @@
+"""What an evaluation reports: the summary over cases, the CSV and JSON files, the printed table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tumorseg.evaluate.metrics import METRICS
+from tumorseg.io import atomic_write
+from tumorseg.labels import REGION_NAMES, REGIONS
+
+if TYPE_CHECKING:
+    from tumorseg.evaluate.folder import EvaluationResult
+
+COLUMNS = ("case_id", "region", *METRICS)
+
+
+def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """region -> metric -> ``{"mean", "median", "std"}`` over the rows, NaNs ignored (NaN when none is left)."""
+    rows = list(rows)
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for region in REGIONS:
+        summary[region] = {}
+        for metric in METRICS:
+            values = np.array([row[metric] for row in rows if row["region"] == region], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            if values.size:
+                stats = {"mean": np.mean(values), "median": np.median(values), "std": np.std(values)}
+            else:
+                stats = dict.fromkeys(("mean", "median", "std"), math.nan)
+            summary[region][metric] = {name: float(value) for name, value in stats.items()}
+    return summary
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
+    """One line per case and region with the columns of ``COLUMNS``; NaN is written ``nan``."""
+    with atomic_write(path) as file:
+        writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _json_safe(value: Any) -> Any:
+    # JSON has no NaN: undefined metrics become null
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def write_json(result: EvaluationResult, path: str | os.PathLike) -> None:
+    """``{"cases": {case: {region: {metric: value}}}, "summary", "missing", "errors", "labels"}``; NaN is null."""
+    cases: dict[str, dict[str, dict[str, float]]] = {}
+    for row in result.rows:
+        cases.setdefault(row["case_id"], {})[row["region"]] = {metric: row[metric] for metric in METRICS}
+    content = _json_safe(
+        {
+            "cases": cases,
+            "summary": result.summary,
+            "missing": result.missing,
+            "errors": result.errors,
+            "labels": result.labels,
+        }
+    )
+    with atomic_write(path) as file:
+        json.dump(content, file, indent=2, allow_nan=False)
+
+
+def _format(metric: str, value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.4f}" if metric in ("dice", "sensitivity", "specificity") else f"{value:.2f}"
+
+
+def print_result(result: EvaluationResult, console: Console) -> None:
+    """The summary table, then the cases without counterpart and the failed cases."""
+    table = Table(title=f"BraTS metrics over {len(result.case_ids)} case(s), NaNs ignored")
+    for name in ("region", "metric", "mean", "median", "std"):
+        table.add_column(name, justify="left" if name in ("region", "metric") else "right")
+    for region in REGIONS:
+        for index, metric in enumerate(METRICS):
+            stats = result.summary[region][metric]
+            table.add_row(
+                REGION_NAMES[region] if index == 0 else "",
+                metric,
+                *(_format(metric, stats[name]) for name in ("mean", "median", "std")),
+                end_section=index == len(METRICS) - 1,
+            )
+    console.print(table)
+    for title, entries in (("without counterpart", result.missing), ("not evaluated", result.errors)):
+        if entries:
+            console.print(f"[bold red]{len(entries)} case(s) {title}:[/bold red]")
+            for case_id, message in entries.items():
+                console.print(f"- {escape(case_id)}: {escape(message)}", highlight=False)
+
+
+__all__ = ["COLUMNS", "print_result", "summarise", "write_csv", "write_json"]
