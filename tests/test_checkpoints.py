@@ -15,8 +15,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tumorseg import checkpoints
-from tumorseg.checkpoints import (
+from tumorseg.predict import checkpoints
+from tumorseg.predict.checkpoints import (
     CheckpointDownloadError,
     checkpoint_summary,
     load_checkpoint,
