@@ -260,7 +260,7 @@ def _stamp(runs: Sequence[RunSpec]) -> dict[str, Any]:
 def score_fold(runs: Sequence[RunSpec], out_dir: Path, *, device: str, workers: int, progress: bool):
     """Segment the fold's validation cases with the runs (averaged) and evaluate them."""
     from tumorseg.evaluate import evaluate_folder
-    from tumorseg.predict import PredictSettings, Predictor, dataset_cases, predict
+    from tumorseg.predict import Predictor, PredictSettings, dataset_cases, predict
     from tumorseg.predict.checkpoints import load_model
 
     first = runs[0]

@@ -185,6 +185,35 @@ def test_refused_connection_and_timeout_name_the_url(cache, monkeypatch):
     assert cached_files(cache) == []
 
 
+def test_a_cut_off_download_caches_nothing(trained, cache):
+    """The server announces the whole file and closes after half of it."""
+    data = trained[1].read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/model.ckpt"
+    try:
+        with pytest.raises(CheckpointDownloadError, match="not a whole checkpoint") as info:
+            resolve_checkpoint(url, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+    assert url in str(info.value)
+    assert cached_files(cache) == []
+
+
 def test_unsupported_scheme(cache):
     with pytest.raises(ValueError, match="http"):
         resolve_checkpoint("s3://bucket/model.ckpt")

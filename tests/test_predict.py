@@ -17,7 +17,7 @@ from brats_fixtures import corrupt_file, write_dataset
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF, ROOT
 
-from tumorseg.predict import Predictor, PredictionError, dataset_cases, postprocess, run
+from tumorseg.predict import PredictionError, Predictor, dataset_cases, postprocess, run
 from tumorseg.predict.checkpoints import load_model
 from tumorseg.predict.cli import build_predictor
 from tumorseg.training.module import SegmentationModule

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tumorseg.data.layouts import CaseError, select_cases
 from tumorseg.labels import CONVENTIONS
 from tumorseg.predict.cases import InputCase, PredictionError, dataset_cases, explicit_case
-from tumorseg.predict.predictor import CaseReader, PreparedCase, Predictor
+from tumorseg.predict.predictor import CaseReader, Predictor, PreparedCase
 from tumorseg.predict.writers import write_label, write_png, write_probabilities, write_summary
 
 log = logging.getLogger(__name__)
