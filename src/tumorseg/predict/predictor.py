@@ -167,6 +167,7 @@ class Predictor:
             Defaults to None: the models' setting, which must then agree.
         bf16: bfloat16 autocast. Defaults to None (on a GPU only).
         device: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda:1"``, ... Defaults to ``"auto"``.
+        names: how messages name the models (their checkpoint files). Defaults to "model 1", ...
 
     Raises:
         PredictionError: no model, a model with unknown input modalities, ensemble members whose
