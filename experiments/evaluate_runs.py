@@ -13,9 +13,10 @@ Usage::
 RUN is a training run directory (``config.yaml``, ``split.json``, ``run_info.json``,
 ``checkpoints/``) or a multirun directory holding such runs (``hydra.sweep.dir``). Every run is
 scored on the validation cases of its own ``split.json``, read from the dataset of its
-``run_info.json``, with the test-time settings of its config (``test.mirror``,
-``test.et_min_voxels``; ``--mirror`` and ``--et-min-voxels`` override them for all runs), and
-the checkpoint ``--checkpoint`` (default ``last``: every run after the same number of epochs).
+``run_info.json``, with the checkpoint ``--checkpoint`` (default ``last``: every run after the
+same number of epochs) and the test-time settings recorded in it (``inference``: window,
+overlap, ``mirror``, ``et_min_voxels``; ``--mirror`` and ``--et-min-voxels`` override them for all
+runs; runs trained before checkpoints recorded them use the ``test`` block of their config).
 Recipes that validate on resized or cropped volumes (the paper's) are thus compared on the
 original grid like every other.
 
@@ -57,8 +58,10 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from plot_runs import RunError, _row, plot_runs
 
+from tumorseg.cli import non_negative_int, on_off
+from tumorseg.io import write_atomic
 from tumorseg.labels import REGIONS
-from tumorseg.plots import save_figure, write_atomic
+from tumorseg.plots import save_figure
 
 CHECKPOINTS = ("last", "best")
 
@@ -78,8 +81,8 @@ class RunSpec:
     data_root: Path
     fold: str
     val_cases: list[str]
-    mirror: bool
-    et_min_voxels: int
+    mirror: bool | None  # None until read from the checkpoint (see test_settings)
+    et_min_voxels: int | None
     val_dice: float | None = None  # last val/dice_mean logged during training
 
 
@@ -125,7 +128,8 @@ def _json(path: Path, what: str) -> dict:
 
 
 def read_run(path: Path, checkpoint: str, mirror: bool | None, et_min_voxels: int | None) -> RunSpec:
-    """The run in ``path``; ``mirror`` and ``et_min_voxels`` override its config's ``test`` settings."""
+    """The run in ``path``; ``mirror`` and ``et_min_voxels`` override its checkpoint's settings
+    (None: ``test_settings`` reads them once the checkpoint is chosen)."""
     cfg = OmegaConf.load(path / "config.yaml")
     split = _json(path / "split.json", "split (written when training starts)")
     info = _json(path / "run_info.json", "run information")
@@ -135,7 +139,6 @@ def read_run(path: Path, checkpoint: str, mirror: bool | None, et_min_voxels: in
         raise EvaluationSetupError(f"{path}: its dataset {root} is not there any more; restore it to score the run.")
     if not split.get("val"):
         raise EvaluationSetupError(f"{path}: split.json has no validation cases.")
-    test = cfg.get("test") or {}
     fold = f"fold {split['fold']}" if split.get("split") == "kfold" else str(split.get("split", "split"))
     return RunSpec(
         path=path,
@@ -145,9 +148,24 @@ def read_run(path: Path, checkpoint: str, mirror: bool | None, et_min_voxels: in
         data_root=root,
         fold=fold,
         val_cases=[str(c) for c in split["val"]],
-        mirror=bool(test.get("mirror", False)) if mirror is None else mirror,
-        et_min_voxels=int(test.get("et_min_voxels", 0)) if et_min_voxels is None else et_min_voxels,
+        mirror=mirror,
+        et_min_voxels=et_min_voxels,
     )
+
+
+def test_settings(run: RunSpec) -> None:
+    """Fill the run's ``mirror`` and ``et_min_voxels`` not given on the command line: from its
+    checkpoint (``inference``), or, for a checkpoint written before it recorded them, from the
+    ``test`` block of the run's config, where they were kept then."""
+    from tumorseg.predict.checkpoints import load_checkpoint
+
+    recorded = load_checkpoint(run.checkpoint)["hyper_parameters"].get("inference") or {}
+    if "et_min_voxels" not in recorded:
+        recorded = OmegaConf.to_container(OmegaConf.load(run.path / "config.yaml")).get("test") or {}
+    if run.mirror is None:
+        run.mirror = bool(recorded.get("mirror", False))
+    if run.et_min_voxels is None:
+        run.et_min_voxels = int(recorded.get("et_min_voxels", 0))
 
 
 def latest_runs(runs: Sequence[RunSpec]) -> tuple[list[RunSpec], list[str]]:
@@ -205,7 +223,7 @@ def build_models(runs: Sequence[RunSpec], ensembles: Sequence[tuple[str, str]]) 
             for setting in ("mirror", "et_min_voxels"):
                 if len({getattr(r, setting) for r in group}) > 1:
                     raise EvaluationSetupError(
-                        f"ensemble {name}: its runs of {fold} differ in test.{setting}; set it for all with "
+                        f"ensemble {name}: its runs of {fold} differ in inference.{setting}; set it for all with "
                         f"--{setting.replace('_', '-')}."
                     )
             if len(group) > 1:
@@ -241,9 +259,9 @@ def _stamp(runs: Sequence[RunSpec]) -> dict[str, Any]:
 
 def score_fold(runs: Sequence[RunSpec], out_dir: Path, *, device: str, workers: int, progress: bool):
     """Segment the fold's validation cases with the runs (averaged) and evaluate them."""
-    from tumorseg.checkpoints import load_model
     from tumorseg.evaluate import evaluate_folder
-    from tumorseg.predict import PredictSettings, dataset_cases, predict
+    from tumorseg.predict import Predictor, PredictSettings, dataset_cases, predict
+    from tumorseg.predict.checkpoints import load_model
 
     first = runs[0]
     stamp = _stamp(runs)
@@ -254,11 +272,14 @@ def score_fold(runs: Sequence[RunSpec], out_dir: Path, *, device: str, workers: 
     if missing:
         raise EvaluationSetupError(f"{first.path}: validation cases {missing[:5]} are not in {first.data_root}.")
     settings = PredictSettings(
-        output_dir=out_dir, mirror=first.mirror, et_min_voxels=first.et_min_voxels, device=device, png=False,
-        overwrite=previous != stamp, workers=workers, progress=progress,
+        output_dir=out_dir, png=False, overwrite=previous != stamp, workers=workers, progress=progress
+    )
+    # the settings of test_settings: the checkpoints' own, unless overridden (or kept in a legacy config)
+    predictor = Predictor(
+        [load_model(run.checkpoint) for run in runs], mirror=first.mirror, et_min_voxels=first.et_min_voxels,
+        device=device, names=[str(run.checkpoint) for run in runs],
     )  # fmt: skip
-    models = [load_model(run.checkpoint) for run in runs]
-    report = predict([items[c] for c in first.val_cases], models, settings)
+    report = predict([items[c] for c in first.val_cases], predictor, settings)
     if report.failed:
         raise EvaluationSetupError(f"{out_dir}: cases failed: {report.failed}")
     write_atomic(stamp_path, json.dumps(stamp, indent=1) + "\n")
@@ -419,6 +440,8 @@ def evaluate_runs(
     if errors:
         raise EvaluationSetupError("\n".join(errors))
     runs, notes = latest_runs(runs)
+    for run in runs:
+        test_settings(run)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     models = build_models(runs, ensembles)
@@ -478,19 +501,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
-    return text == "on"
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="evaluate_runs.py",
@@ -507,13 +517,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--checkpoint", choices=CHECKPOINTS, default="last", help="checkpoint of each run (default: last)"
     )
     parser.add_argument(
-        "--mirror", type=_on_off, default=None, metavar="on|off", help="override test.mirror of every run"
+        "--mirror", type=on_off, default=None, metavar="on|off", help="override inference.mirror of every run"
     )
     parser.add_argument(
-        "--et-min-voxels", type=_count, default=None, metavar="N", help="override test.et_min_voxels of every run"
+        "--et-min-voxels",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="override inference.et_min_voxels of every run",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
-    parser.add_argument("--workers", type=_count, default=2, help="processes reading cases (default: 2)")
+    parser.add_argument("--workers", type=non_negative_int, default=2, help="processes reading cases (default: 2)")
     parser.add_argument("--title", default=None, help="title of the table and the figures")
     return parser.parse_args(argv)
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from tumorseg import checkpoints
-from tumorseg.checkpoints import (
+from tumorseg.predict import checkpoints
+from tumorseg.predict.checkpoints import (
     CheckpointDownloadError,
     checkpoint_summary,
     load_checkpoint,
@@ -181,6 +181,35 @@ def test_refused_connection_and_timeout_name_the_url(cache, monkeypatch):
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/model.ckpt"
         with pytest.raises(CheckpointDownloadError, match="timed out|no data") as info:
             resolve_checkpoint(url, progress=False)
+    assert url in str(info.value)
+    assert cached_files(cache) == []
+
+
+def test_a_cut_off_download_caches_nothing(trained, cache):
+    """The server announces the whole file and closes after half of it."""
+    data = trained[1].read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/model.ckpt"
+    try:
+        with pytest.raises(CheckpointDownloadError, match="not a whole checkpoint") as info:
+            resolve_checkpoint(url, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
     assert url in str(info.value)
     assert cached_files(cache) == []
 

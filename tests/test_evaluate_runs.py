@@ -12,13 +12,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from train_helpers import CONF, ROOT, tiny_overrides
 
-from tumorseg.checkpoints import load_model
 from tumorseg.labels import to_internal
-from tumorseg.predict import PredictSettings, dataset_cases, predict
+from tumorseg.predict import Predictor, PredictSettings, dataset_cases, predict
+from tumorseg.predict.checkpoints import load_model
 from tumorseg.training.train import register_resolvers, train
 
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -33,7 +34,7 @@ def tiny_run(tmp: Path, data_dir: Path, name: str, model: str, fold: int) -> Pat
         *tiny_overrides(tmp, data_dir, model),
         f"task_name={name}",
         f"data.fold={fold}",
-        "test.et_min_voxels=3",
+        "inference.et_min_voxels=3",
     ]
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
@@ -126,8 +127,9 @@ def test_ensemble_is_predict_with_both_checkpoints(sweeps, tmp_path):
     val = json.loads((runs[0] / "split.json").read_text())["val"]
     items = [i for i in dataset_cases(dataset) if i.case_id in val]
     direct = tmp_path / "direct"
-    models = [load_model(r / "checkpoints" / "last.ckpt") for r in runs]
-    predict(items, models, PredictSettings(output_dir=direct, et_min_voxels=3, png=False, workers=0, progress=False))
+    predictor = Predictor([load_model(r / "checkpoints" / "last.ckpt") for r in runs])  # et_min_voxels=3 recorded
+    assert predictor.et_min_voxels == 3
+    predict(items, predictor, PredictSettings(output_dir=direct, png=False, workers=0, progress=False))
     for case_id in val:
         expected = np.asarray(nib.load(str(direct / f"{case_id}.nii.gz")).dataobj)
         got = np.asarray(nib.load(str(out / "predictions" / "both" / "fold0" / f"{case_id}.nii.gz")).dataobj)
@@ -206,10 +208,34 @@ def test_a_moved_dataset_and_mixed_test_settings_are_named(sweeps, tmp_path, cap
 
     mirrored = tmp_path / "mirrored"
     shutil.copytree(sweeps["b"] / "0", mirrored)
-    cfg = OmegaConf.load(mirrored / "config.yaml")
-    cfg.test.mirror = True
-    OmegaConf.save(cfg, mirrored / "config.yaml")
+    ckpt = mirrored / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    saved["hyper_parameters"]["inference"]["mirror"] = True
+    torch.save(saved, ckpt)
     args = [str(sweeps["a"] / "0"), str(mirrored), "--out", str(tmp_path / "o"), "--ensemble", "both=*"]
     assert er.main(args) == 1
-    assert "differ in test.mirror; set it for all with --mirror" in capsys.readouterr().err
+    assert "differ in inference.mirror; set it for all with --mirror" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_settings_come_from_the_checkpoint_or_an_older_runs_config(sweeps, tmp_path):
+    run = er.read_run(sweeps["b"] / "0", "last", None, None)
+    er.test_settings(run)
+    assert (run.mirror, run.et_min_voxels) == (False, 3)  # inference.et_min_voxels=3 when it trained
+    forced = er.read_run(sweeps["b"] / "0", "last", True, 0)
+    er.test_settings(forced)
+    assert (forced.mirror, forced.et_min_voxels) == (True, 0)
+
+    old = tmp_path / "old"  # trained when checkpoints held the validation window only, and config.yaml a test block
+    shutil.copytree(sweeps["b"] / "0", old)
+    ckpt = old / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    saved["hyper_parameters"]["inference"] = {"roi_size": 32, "overlap": 0.5, "sw_batch_size": 2, "mode": "gaussian",
+                                              "mirror": False}  # fmt: skip
+    torch.save(saved, ckpt)
+    cfg = OmegaConf.load(old / "config.yaml")
+    cfg.test = {"mirror": True, "et_min_voxels": 500}
+    OmegaConf.save(cfg, old / "config.yaml")
+    run = er.read_run(old, "last", None, None)
+    er.test_settings(run)
+    assert (run.mirror, run.et_min_voxels) == (True, 500)

@@ -17,7 +17,9 @@ from brats_fixtures import corrupt_file, write_dataset
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF, ROOT
 
-from tumorseg.predict import PredictionError, postprocess, run
+from tumorseg.predict import PredictionError, Predictor, dataset_cases, postprocess, run
+from tumorseg.predict.checkpoints import load_model
+from tumorseg.predict.cli import build_predictor
 from tumorseg.training.module import SegmentationModule
 from tumorseg.training.train import register_resolvers
 
@@ -29,13 +31,18 @@ WRITTEN = {"brats2020": (0, 1, 2, 4), "brats2021": (0, 1, 2, 4), "brats2023": (0
 
 
 def stand_in(
-    path: Path, regions: tuple[float, float, float], modalities=("flair", "t1", "t1ce", "t2"), roi: int = 16
+    path: Path,
+    regions: tuple[float, float, float],
+    modalities=("flair", "t1", "t1ce", "t2"),
+    roi: int = 16,
+    **inference,
 ) -> Path:
-    """A checkpoint whose network outputs the constant region logits ``regions`` (WT, TC, ET)."""
+    """A checkpoint whose network outputs the constant region logits ``regions`` (WT, TC, ET);
+    ``inference``: its test-time settings besides the window."""
     model = SegmentationModule(
         {"name": "arunet3d", "features": [4, 8, 16]},
         modalities=list(modalities),
-        inference={"roi_size": roi, "sw_batch_size": 2},
+        inference={"roi_size": roi, "sw_batch_size": 2, **inference},
     )
     head = [m for m in model.net.modules() if isinstance(m, torch.nn.Conv3d) and m.out_channels == 3][-1]
     with torch.no_grad():
@@ -208,3 +215,77 @@ def test_the_real_exam(tmp_path):
     np.testing.assert_allclose(seg.affine, src.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) == {0, 3}  # ET inside the brain, in 2023 values
     assert (out / "BraTS-GLI-00001-000.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------ test-time settings
+
+
+def test_predict_keeps_each_checkpoints_settings_unless_told_otherwise(tmp_path):
+    """predict.yaml's null options keep the checkpoint's overlap, mirroring and ET relabelling."""
+    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0), overlap=0.25, mirror=True, et_min_voxels=7)
+    predictor = build_predictor(predict_cfg(tmp_path, f"ckpt_path={ckpt}"))
+    (config,) = predictor.configs
+    assert (config.overlap, config.mirror, config.sw_batch_size, config.roi_size) == (0.25, True, 2, (16, 16, 16))
+    assert predictor.et_min_voxels == 7
+
+    overrides = ["overlap=0.5", "mirror=false", "sw_batch_size=3", "et_min_voxels=0"]
+    predictor = build_predictor(predict_cfg(tmp_path, f"ckpt_path={ckpt}", *overrides))
+    (config,) = predictor.configs
+    assert (config.overlap, config.mirror, config.sw_batch_size, config.roi_size) == (0.5, False, 3, (16, 16, 16))
+    assert predictor.et_min_voxels == 0
+
+
+def test_a_model_and_its_checkpoint_predict_alike(tmp_path):
+    torch.manual_seed(0)
+    model = SegmentationModule(
+        {"name": "arunet3d", "features": [4, 8, 16]},
+        inference={"roi_size": 16, "overlap": 0.25, "mirror": True, "et_min_voxels": 5},
+    )
+    trainer = lightning.pytorch.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    trainer.strategy.connect(model)
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+    data = tmp_path / "data"
+    write_dataset(data, "brats2021", 1, shape=SHAPE)
+    (case,) = dataset_cases(data)
+
+    from_file = Predictor.from_checkpoints([path], progress=False, device="cpu")
+    in_memory = Predictor(model, device="cpu")
+    assert from_file.configs == in_memory.configs and in_memory.configs[0].mirror
+    assert from_file.et_min_voxels == in_memory.et_min_voxels == 5
+    expected, got = in_memory(case), from_file(case)
+    assert got.label.shape == SHAPE and got.label.dtype == np.uint8
+    np.testing.assert_array_equal(got.label, expected.label)
+    torch.testing.assert_close(got.probabilities, expected.probabilities, rtol=0, atol=0)
+
+
+def test_a_checkpoint_from_before_conf_inference_predicts_as_it_did(tmp_path):
+    """Its ``inference`` came from the model's config: the validation window, whose ``mirror`` was
+    validation's, and no ``et_min_voxels``; predict.py did not mirror nor relabel it by default."""
+    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
+    old = torch.load(ckpt, weights_only=True)
+    old["hyper_parameters"]["inference"] = {
+        "roi_size": 16, "overlap": 0.0, "sw_batch_size": 1, "mode": "constant", "mirror": True,
+    }  # fmt: skip
+    torch.save(old, ckpt)
+    model = load_model(ckpt)
+    assert model.inference_config.mirror  # validation as it trained
+    (config,) = build_predictor(predict_cfg(tmp_path, f"ckpt_path={ckpt}")).configs
+    assert (config.overlap, config.sw_batch_size, config.mode, config.mirror) == (0.0, 1, "constant", False)
+    data = tmp_path / "data"
+    (case_id,) = write_dataset(data, "brats2020", 1, shape=SHAPE)
+    out = tmp_path / "seg"
+    assert run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", "evaluate=false")) == 0
+    assert set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj))) == {4}
+
+
+def test_an_ensemble_needs_one_et_threshold(tmp_path):
+    a = stand_in(tmp_path / "a.ckpt", (10.0, 10.0, 10.0), et_min_voxels=0)
+    b = stand_in(tmp_path / "b.ckpt", (10.0, 10.0, 10.0), et_min_voxels=500, mirror=True)
+    with pytest.raises(PredictionError, match=r"differ in inference.et_min_voxels \(\[0, 500\]\); give et_min_voxels"):
+        build_predictor(predict_cfg(tmp_path, f"ckpt_path=[{a},{b}]"))
+    predictor = build_predictor(predict_cfg(tmp_path, f"ckpt_path=[{a},{b}]", "et_min_voxels=100"))
+    assert predictor.et_min_voxels == 100
+    assert [c.mirror for c in predictor.configs] == [False, True]  # each model its own mirroring

@@ -89,7 +89,7 @@ def test_every_group_option_and_experiment_composes(tmp_path):
     cfg = make_cfg(["experiment=brats_pspnet3d", "data.root=/x"], tmp_path)
     assert cfg.model.network.preset == "paper" and cfg.trainer.precision == "bf16-mixed"
     assert cfg.data.patch_size == 128 and cfg.data.batch_size == 2 and cfg.model.labels == "regions"
-    assert cfg.model.inference.roi_size == 128
+    assert cfg.inference.roi_size == 128
 
 
 @pytest.mark.parametrize("net", ["arunet3d", "linknet3d", "pspnet3d"])
@@ -102,7 +102,7 @@ def test_scaled_paper_experiment_keeps_the_published_protocol(tmp_path, net):
         ("data", "batch_size"), ("data", "samples_per_volume"), ("data", "sampler"), ("data", "augmentation"),
         ("model", "labels"), ("model", "loss"), ("model", "optimizer", "name"), ("model", "optimizer", "weight_decay"),
         ("model", "scheduler"), ("model", "network", "name"), ("model", "network", "norm"),
-        ("model", "network", "full_resolution"), ("model", "inference", "overlap"), ("trainer", "precision"),
+        ("model", "network", "full_resolution"), ("inference", "overlap"), ("trainer", "precision"),
     ]  # fmt: skip
     for keys in same:
         assert OmegaConf.select(scaled, ".".join(keys)) == OmegaConf.select(paper, ".".join(keys)), keys
@@ -110,7 +110,7 @@ def test_scaled_paper_experiment_keeps_the_published_protocol(tmp_path, net):
     assert scaled.model.optimizer.name == "rmsprop" and scaled.model.network.norm == "batch"
     assert scaled.data._target_.endswith("SyntheticDataModule") and scaled.trainer.accelerator == "cpu"
     edge = scaled.data.preprocess.in_plane[0]
-    assert list(scaled.data.patch_size) == list(scaled.model.inference.roi_size) == [edge, edge, 64]
+    assert list(scaled.data.patch_size) == list(scaled.inference.roi_size) == [edge, edge, 64]
     assert scaled.model.optimizer.lr == 1e-3  # the published 1e-4 (LinkNet: 1e-5) scaled to ~1/50 of the steps
     assert scaled.model.network.preset == "light" and scaled.trainer.max_epochs == 40
 
@@ -131,7 +131,7 @@ def test_every_model_config_builds_its_network(tmp_path):
         assert cfg.data.patch_size == "auto"
         resolve_auto_sizes(cfg)
         assert cfg.data.patch_size == expected[name]
-        model = instantiate(cfg.model, _convert_="all")
+        model = instantiate(cfg.model, inference=OmegaConf.to_container(cfg.inference, resolve=True), _convert_="all")
         assert type(model.net).__name__.lower() == name
         assert model.hparams.inference["roi_size"] == expected[name]
     # a number given by the user is kept, and a bad one is refused by the size check

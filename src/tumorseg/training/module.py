@@ -35,6 +35,9 @@ OPTIMIZERS = {
     "sgd": torch.optim.SGD,
 }
 SCHEDULES = ("none", "poly", "cosine")
+# test-time settings of ``inference`` besides the sliding window's; absent from checkpoints written
+# before they had their own config group
+TEST_TIME_DEFAULTS = {"mirror": False, "val_mirror": False, "et_min_voxels": 0}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,7 +90,10 @@ class SegmentationModule(pl.LightningModule):
             Defaults to AdamW, lr 3e-4, weight decay 1e-5.
         scheduler: ``{"name": none|poly|cosine, "warmup_epochs", "power", "min_lr_factor"}``,
             stepped every optimizer step. Defaults to poly with power 0.9.
-        inference: ``InferenceConfig`` fields for sliding-window validation.
+        inference: test-time settings (``conf/inference``): the sliding window (``roi_size``,
+            ``overlap``, ``sw_batch_size``, ``mode``) of validation and prediction, ``mirror``
+            (prediction), ``val_mirror`` (validation) and the post-processing ``et_min_voxels``;
+            recorded so that prediction repeats them.
         preprocess: the data's preprocessing settings, kept so that prediction repeats them.
         max_nonfinite: consecutive non-finite losses (each step skipped) that stop training.
             Defaults to 5.
@@ -131,7 +137,7 @@ class SegmentationModule(pl.LightningModule):
                 "aux_weight": float(aux_weight),
                 "optimizer": dict(optimizer) if optimizer else {"name": "adamw", "lr": 3e-4, "weight_decay": 1e-5},
                 "scheduler": dict(scheduler) if scheduler else {"name": "poly", "power": 0.9},
-                "inference": dict(inference) if inference else {},
+                "inference": {**TEST_TIME_DEFAULTS, **(inference or {})},
                 "preprocess": dict(preprocess) if preprocess else {},
                 "max_nonfinite": max_nonfinite,
                 "channels_last": bool(channels_last),
@@ -143,7 +149,11 @@ class SegmentationModule(pl.LightningModule):
         self.net = build_model(name, preset, in_channels=len(modalities), out_channels=out_channels(labels), **net_args)
         self.scheme = labels
         self.loss_fn = SegmentationLoss(labels, **loss)
-        self.inference_config = InferenceConfig(**self.hparams.inference)
+        et_min_voxels = self.hparams.inference["et_min_voxels"]
+        if isinstance(et_min_voxels, bool) or not isinstance(et_min_voxels, int) or et_min_voxels < 0:
+            raise ValueError(f"`inference.et_min_voxels` must be 0 or more voxels, got {et_min_voxels!r}.")
+        window = {k: v for k, v in self.hparams.inference.items() if k not in TEST_TIME_DEFAULTS}
+        self.inference_config = InferenceConfig(**window, mirror=self.hparams.inference["val_mirror"])
         if channels_last:
             self.net.to(memory_format=torch.channels_last_3d)
         self._compiled = False

@@ -156,8 +156,8 @@ def check_sizes(model: SegmentationModule, datamodule: pl.LightningDataModule) -
     roi = model.inference_config.roi_size
     if min(roi) < least:
         raise ValueError(
-            f"model.inference.roi_size={list(roi)} is too small for {name}, which needs at least {least} voxels "
-            f"per axis; pass model.inference.roi_size={least} (or larger)."
+            f"inference.roi_size={list(roi)} is too small for {name}, which needs at least {least} voxels "
+            f"per axis; pass inference.roi_size={least} (or larger)."
         )
 
 
@@ -202,6 +202,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, SegmentationModule]:
     modalities = list((preprocess or {}).get("modalities") or MODALITIES)
     model: SegmentationModule = hydra.utils.instantiate(
         cfg.model,
+        inference=OmegaConf.to_container(cfg.inference, resolve=True),
         preprocess=preprocess,
         modalities=modalities,
         max_nonfinite=cfg.max_nonfinite,

@@ -1,9 +1,9 @@
 """Find, download, check and load trained checkpoints.
 
 A checkpoint is named by a local path or an ``http(s)://`` URL. URLs are downloaded once into
-``<cache>/checkpoints/`` (``<cache>`` is ``$TUMORSEG_CACHE``, ``$XDG_CACHE_HOME/tumorseg`` or
-``~/.cache/tumorseg``, as for the preprocessing cache) and reused from there without any network
-access. Checkpoints are read with ``torch.load(weights_only=True)``: the module's hyper-parameters
+``<cache>/checkpoints/`` (``<cache>`` is ``tumorseg.io.cache_root()``: ``$TUMORSEG_CACHE``,
+``$XDG_CACHE_HOME/tumorseg`` or ``~/.cache/tumorseg``, as for the preprocessing cache) with
+``torch.hub.download_url_to_file``, verified, and reused from there without any network access. Checkpoints are read with ``torch.load(weights_only=True)``: the module's hyper-parameters
 are plain data, so no pickled code runs when loading a file from the internet.
 
 Example:
@@ -15,23 +15,23 @@ Example:
 from __future__ import annotations
 
 import ast
-import contextlib
 import hashlib
 import http.client
 import logging
 import math
 import os
 import re
+import socket
 import tempfile
 import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
+from tumorseg.io import cache_root
 from tumorseg.labels import MODALITIES
 from tumorseg.training.module import SegmentationModule
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CheckpointDownloadError",
     "checkpoint_summary",
+    "current_hparams",
     "default_checkpoint_dir",
     "load_checkpoint",
     "load_model",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a download is abandoned
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # bytes read at a time when hashing
 
 
 class CheckpointDownloadError(OSError):
@@ -64,11 +65,7 @@ def default_checkpoint_dir(cache_dir: str | Path | None = None) -> Path:
         cache_dir: the tumorseg cache folder. Defaults to ``$TUMORSEG_CACHE``, else
             ``$XDG_CACHE_HOME/tumorseg``, else ``~/.cache/tumorseg``.
     """
-    if cache_dir is None:
-        cache_dir = os.environ.get("TUMORSEG_CACHE") or (
-            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tumorseg"
-        )
-    return Path(cache_dir).expanduser() / "checkpoints"
+    return (cache_root() if cache_dir is None else Path(cache_dir).expanduser()) / "checkpoints"
 
 
 def _is_url(spec: str | Path) -> bool:
@@ -170,17 +167,24 @@ def resolve_checkpoint(
     log.info("Downloading %s to %s", url, target)
     # a private temporary name per process: concurrent downloads (e.g. DDP ranks) never mix
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            actual = _download(url, out, progress, target.name)
-            out.flush()
-            os.fsync(out.fileno())
+        _download(url, tmp, progress)
+        actual = _sha256_file(tmp)
         if expected is not None and actual != expected:
             raise ValueError(
                 f"The download of {url} does not have the expected SHA-256:\n"
                 f"  expected {expected}\n  actual   {actual}\n"
                 f"Nothing was cached; check the URL and the digest."
+            )
+        # torch.hub does not compare the bytes received with Content-Length, so a cut-off download
+        # would look complete; checkpoints are zip archives (torch.save's format), whose directory
+        # ends the file, so a cut-off one is not a zip file
+        if not zipfile.is_zipfile(tmp):
+            raise CheckpointDownloadError(
+                f"Cannot download {url}: the {tmp.stat().st_size} bytes received are not a whole checkpoint "
+                f"(the connection closed early, or the URL serves something else). Nothing was cached; try again."
             )
         os.replace(tmp, target)
     finally:
@@ -188,56 +192,28 @@ def resolve_checkpoint(
     return target
 
 
-def _download(url: str, out, progress: bool, label: str) -> str:
-    """Stream ``url`` into the open file ``out``; returns the SHA-256 of what was written."""
-    request = urllib.request.Request(url, headers={"User-Agent": "tumorseg"})
-    digest = hashlib.sha256()
-    received = 0
+def _download(url: str, path: Path, progress: bool) -> None:
+    """``torch.hub.download_url_to_file`` (a temporary file renamed onto ``path`` when complete, a
+    progress bar on stderr), with a timeout and errors that name the URL."""
+    # torch.hub opens the URL without a timeout, so a server that accepts the connection but never
+    # answers would hang forever; its sockets take the default timeout, set here for the download
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
     try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            with _progress_bar(progress, label, total) as advance:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    advance(len(chunk))
+        torch.hub.download_url_to_file(url, str(path), progress=progress)
     except urllib.error.HTTPError as err:
         err.close()
         raise CheckpointDownloadError(f"Cannot download {url}: HTTP {err.code} {err.reason}.") from err
     except urllib.error.URLError as err:
         raise CheckpointDownloadError(f"Cannot download {url}: {err.reason}.") from err
     except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
-        # raised while reading the body, after the response began
+        # raised while waiting for the response or reading its body
         reason = (
             f"no data for {DOWNLOAD_TIMEOUT:g} s" if isinstance(err, TimeoutError) else str(err) or type(err).__name__
         )
-        raise CheckpointDownloadError(
-            f"Cannot download {url}: {reason} (after {received} bytes). Nothing was cached; try again."
-        ) from err
-    if total is not None and received != total:
-        raise CheckpointDownloadError(
-            f"Cannot download {url}: the connection closed after {received} of {total} bytes. "
-            f"Nothing was cached; try again."
-        )
-    return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, label: str, total: int | None):
-    """A rich download bar, or nothing; yields ``advance(n_bytes)``."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    # stderr, so that piped stdout (e.g. printed metrics) stays clean
-    with Progress(*columns, TimeRemainingColumn(), console=Console(stderr=True)) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        raise CheckpointDownloadError(f"Cannot download {url}: {reason}. Nothing was cached; try again.") from err
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -305,12 +281,27 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def current_hparams(hparams: dict) -> dict:
+    """A checkpoint's hyper-parameters as this version's ``SegmentationModule`` takes them.
+
+    Checkpoints written before the test-time settings had a config group of their own
+    (``conf/inference``) recorded under ``inference`` only the validation window (from the model's
+    config), without ``et_min_voxels``; their ``mirror`` was validation's, and ``predict.py`` did
+    not mirror nor relabel unless told to. They keep predicting that way.
+    """
+    inference = dict(hparams.get("inference") or {})
+    if "et_min_voxels" in inference:
+        return hparams
+    inference.update(mirror=False, val_mirror=bool(inference.get("mirror", False)), et_min_voxels=0)
+    return {**hparams, "inference": inference}
+
+
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
     """Rebuild the trained ``SegmentationModule`` of a checkpoint, in eval mode.
 
     The network is built from the checkpoint's hyper-parameters and its weights are loaded
     strictly, so a checkpoint of a different network version fails here rather than predicting
-    with partly random weights.
+    with partly random weights. Older checkpoints' test-time settings are read as ``current_hparams`` says.
 
     Args:
         path: a local checkpoint file (see ``resolve_checkpoint`` for URLs).
@@ -324,7 +315,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Se
     path = Path(path).expanduser()
     ckpt = load_checkpoint(path)
     try:
-        model = SegmentationModule(**ckpt["hyper_parameters"])
+        model = SegmentationModule(**current_hparams(ckpt["hyper_parameters"]))
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"{path}: its hyper-parameters do not build a network with this tumorseg version: {err}"

@@ -1,0 +1,31 @@
+"""Segment new scans with one trained model or an ensemble, in the scans' own geometry.
+
+* ``cases``: the cases to segment (a dataset in any layout, or explicit modality files) and their reader;
+* ``checkpoints``: find, download, verify and load trained checkpoints;
+* ``predictor``: the ``Predictor``, built from models or checkpoints, that turns a case into a
+  label map on its source grid with the test-time settings recorded in each checkpoint;
+* ``writers``: label maps, probability maps, figures and ``summary.csv``, written atomically;
+* ``cli``: ``predict.py``'s ``run(cfg)``, which does all of the above for a folder of cases.
+"""
+
+from tumorseg.labels import postprocess, region_probabilities
+from tumorseg.predict.cases import InputCase, PredictionError, dataset_cases, explicit_case, read_case
+from tumorseg.predict.cli import PredictReport, PredictSettings, format_report, predict, run
+from tumorseg.predict.predictor import Prediction, Predictor
+
+__all__ = [
+    "InputCase",
+    "PredictReport",
+    "PredictSettings",
+    "Prediction",
+    "PredictionError",
+    "Predictor",
+    "dataset_cases",
+    "explicit_case",
+    "format_report",
+    "postprocess",
+    "predict",
+    "read_case",
+    "region_probabilities",
+    "run",
+]

@@ -1,0 +1,246 @@
+"""``predict.py``: resolve and load the checkpoints, find the cases, segment them with one
+``Predictor`` and write, per case, a uint8 NIfTI in the input's label convention and space, a PNG
+of three orthogonal views and optional probability maps, then a ``summary.csv`` of tumour volumes
+and, where the input has references, the BraTS metrics. Cases are read and preprocessed in worker
+processes while the previous case runs on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from tumorseg.data.layouts import CaseError, select_cases
+from tumorseg.labels import CONVENTIONS
+from tumorseg.predict.cases import InputCase, PredictionError, dataset_cases, explicit_case
+from tumorseg.predict.predictor import CaseReader, Predictor, PreparedCase
+from tumorseg.predict.writers import write_label, write_png, write_probabilities, write_summary
+
+log = logging.getLogger(__name__)
+
+
+class _Cases(Dataset):
+    """Reads and preprocesses cases in DataLoader workers; a failure becomes an error record."""
+
+    def __init__(self, items: list[InputCase], reader: CaseReader):
+        self.items = items
+        self.reader = reader  # no models in the worker processes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> PreparedCase | tuple[InputCase, str]:
+        item = self.items[index]
+        try:
+            return self.reader(item)
+        except (CaseError, ValueError, OSError) as err:
+            return item, str(err)
+
+
+def _first(record):
+    return record  # batch_size=None: each record is one case, nothing to collate
+
+
+# ------------------------------------------------------------------------------------ segmenting
+
+
+@dataclass
+class PredictSettings:
+    """What ``predict`` writes and how it reads; the models' settings are the ``Predictor``'s."""
+
+    output_dir: Path
+    save_probabilities: bool = False
+    png: bool = True
+    overwrite: bool = False
+    workers: int = 2
+    labels: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class PredictReport:
+    written: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    summary_csv: Path | None = None
+
+
+def predict(items: list[InputCase], predictor: Predictor, settings: PredictSettings) -> PredictReport:
+    """Segment ``items`` with ``predictor`` and write the outputs; see the module docstring."""
+    out_dir = Path(settings.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = PredictReport()
+
+    todo = []
+    for item in items:
+        target = out_dir / f"{item.case_id}.nii.gz"
+        if target.exists() and not settings.overwrite:
+            report.kept.append(item.case_id)
+        else:
+            todo.append(item)
+    if report.kept:
+        log.info("%d case(s) already segmented in %s are kept (overwrite=true redoes them).", len(report.kept), out_dir)
+
+    loader = DataLoader(
+        _Cases(todo, predictor.reader), batch_size=None, num_workers=min(settings.workers, len(todo)),
+        collate_fn=_first, prefetch_factor=1 if settings.workers > 0 and todo else None,
+    )  # fmt: skip
+    from rich.progress import Progress
+
+    with Progress(disable=not settings.progress) as bar:
+        task = bar.add_task("segmenting", total=len(todo))
+        for record in loader:
+            if isinstance(record, tuple):
+                item, error = record
+                report.failed[item.case_id] = error
+                log.error("case %s failed: %s", item.case_id, error)
+            else:
+                item = record.item
+                try:
+                    report.timings[item.case_id] = _segment(record, predictor, settings, out_dir)
+                    report.written.append(item.case_id)
+                except (CaseError, ValueError, RuntimeError) as err:
+                    report.failed[item.case_id] = str(err)
+                    log.error("case %s failed: %s", item.case_id, err)
+            bar.advance(task)
+
+    conventions = {i.case_id: _convention(i, settings) for i in items}
+    report.summary_csv = write_summary(out_dir, {c: v for c, v in conventions.items() if c not in report.failed})
+    return report
+
+
+def _convention(item: InputCase, settings: PredictSettings) -> str:
+    return item.convention if settings.labels == "auto" else settings.labels
+
+
+def _segment(case: PreparedCase, predictor: Predictor, settings: PredictSettings, out_dir: Path) -> dict[str, float]:
+    prediction = predictor.segment(case)
+    start = time.perf_counter()
+    case_id = case.item.case_id
+    write_label(prediction, _convention(case.item, settings), out_dir / f"{case_id}.nii.gz")
+    if settings.save_probabilities:
+        write_probabilities(prediction, out_dir)
+    if settings.png:
+        write_png(prediction, out_dir / f"{case_id}.png")
+    return {"read_s": case.read_s, "infer_s": prediction.infer_s, "write_s": time.perf_counter() - start}
+
+
+# ------------------------------------------------------------------------------------ command line
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [value]
+    return list(value)
+
+
+def _chosen(items: list[InputCase], spec, root: Path) -> list[InputCase]:
+    """The cases of ``items`` that ``cases=`` names, in its order."""
+    try:
+        wanted = select_cases(spec)
+    except ValueError as err:
+        raise PredictionError(f"cases={spec}: {err}") from err
+    by_id = {i.case_id: i for i in items}
+    unknown = [c for c in wanted if c not in by_id]
+    if unknown:
+        raise PredictionError(
+            f"cases: {len(unknown)} case(s) are not in input={root}: {unknown[:5]}; check the input folder or the list."
+        )
+    return [by_id[c] for c in dict.fromkeys(wanted)]
+
+
+def build_predictor(cfg) -> Predictor:
+    """The ``Predictor`` of ``predict.py``'s checkpoints (``ckpt_path``, ``ckpt_sha256``); each
+    test-time option that is null keeps every checkpoint's own setting."""
+    specs = _as_list(cfg.ckpt_path)
+    if not specs:
+        raise PredictionError("Give `ckpt_path=PATH` (or a URL, or a list [A,B,C] for an ensemble).")
+    return Predictor.from_checkpoints(
+        specs, _as_list(cfg.get("ckpt_sha256")), progress=cfg.progress, overlap=cfg.overlap,
+        sw_batch_size=cfg.sw_batch_size, mirror=cfg.mirror, et_min_voxels=cfg.et_min_voxels, bf16=cfg.bf16,
+        device=cfg.device,
+    )  # fmt: skip
+
+
+def run(cfg) -> int:
+    """``predict.py``: resolve and load the checkpoints, find the cases, segment them, evaluate
+    against references where the input has them; returns the exit status."""
+    predictor = build_predictor(cfg)
+    for line in predictor.describe():
+        log.info("Settings of %s", line)
+    needed = predictor.modalities
+
+    labels = cfg.labels
+    if labels != "auto" and labels not in CONVENTIONS:
+        raise PredictionError(f"labels={labels!r}: choose auto or one of {sorted(CONVENTIONS)}.")
+    if cfg.input:
+        root = Path(cfg.input).expanduser()
+        if root.is_file():
+            raise PredictionError(
+                f"input={root} is a file; give its folder, or the modality files as files.flair=... files.t1=..."
+            )
+        if not root.exists():
+            raise PredictionError(f"input={root}: no such folder.")
+        items = dataset_cases(root, cfg.get("layout"))
+        if cfg.get("cases"):
+            items = _chosen(items, cfg.cases, root)
+    else:
+        files = {m: cfg.files.get(m) for m in cfg.files}
+        items = [explicit_case(files, cfg.get("case_id"), "brats2020" if labels == "auto" else labels)]
+        missing = [m for m in needed if m not in items[0].files]
+        if missing:
+            raise PredictionError(
+                f"The checkpoint(s) were trained on {needed}; {', '.join(f'files.{m}' for m in missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} missing."
+            )
+        if labels == "auto":
+            log.info(
+                "Explicit files: labels written in the BraTS 2020/2021 convention (0/1/2/4); set labels= to change."
+            )
+
+    out_dir = Path(cfg.output_dir).expanduser()
+    settings = PredictSettings(
+        output_dir=out_dir, save_probabilities=cfg.save_probabilities, png=cfg.png, overwrite=cfg.overwrite,
+        workers=cfg.workers, labels=labels, progress=cfg.progress,
+    )  # fmt: skip
+    started = time.perf_counter()
+    report = predict(items, predictor, settings)
+    elapsed = time.perf_counter() - started
+    print(format_report(report, out_dir, elapsed), flush=True)
+
+    status = 1 if report.failed else 0
+    with_refs = [i for i in items if i.reference is not None]
+    if cfg.evaluate and with_refs and cfg.input:
+        from tumorseg.evaluate import evaluate_folder
+
+        result = evaluate_folder(
+            out_dir, Path(cfg.input), labels="auto", out=out_dir / "metrics.csv", progress=cfg.progress,
+            cases=[i.case_id for i in items],
+        )  # fmt: skip
+        if result.missing or result.errors:
+            status = 1
+    return status
+
+
+def format_report(report: PredictReport, out_dir: Path, elapsed: float) -> str:
+    lines = [
+        f"Segmentations: {out_dir}  ({len(report.written)} written, {len(report.kept)} kept, {len(report.failed)} failed, {elapsed:.1f} s)"
+    ]
+    if report.timings:
+        t = {k: float(np.median([v[k] for v in report.timings.values()])) for k in ("read_s", "infer_s", "write_s")}
+        lines.append(
+            f"Median per case: read+preprocess {t['read_s']:.2f} s, inference {t['infer_s']:.2f} s, write {t['write_s']:.2f} s"
+        )
+    for case_id, message in report.failed.items():
+        lines.append(f"FAILED {case_id}: {message}")
+    if report.summary_csv:
+        lines.append(f"Volumes: {report.summary_csv}")
+    return "\n".join(lines)
