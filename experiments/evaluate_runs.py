@@ -57,7 +57,8 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 from plot_runs import RunError, _row, plot_runs
 
-from tumorseg.plots import save_figure, write_atomic
+from tumorseg.io import write_atomic
+from tumorseg.plots import save_figure
 
 REGIONS = ("wt", "tc", "et")  # as tumorseg.evaluate names them
 CHECKPOINTS = ("last", "best")
