@@ -2,22 +2,16 @@
 
 Usage::
 
-    python experiments/plot_runs.py RUN_DIR [RUN_DIR ...] --out DIR [--source csv|wandb|auto]
-                                    [--reference paper] [--title T]
+    python experiments/plot_runs.py RUN_DIR [RUN_DIR ...] --out DIR [--reference paper] [--title T]
 
     python experiments/plot_runs.py outputs/brats_arunet3d/runs/* outputs/brats_linknet3d/runs/* \\
         outputs/brats_pspnet3d/runs/* --out figures --reference paper
 
 A run directory is what ``train.py`` writes: ``config.yaml`` (the composed Hydra config),
 ``csv/metrics.csv`` (Lightning's ``CSVLogger``), ``run_info.json`` (``previous_metrics``: the
-metrics files of the runs a resumed run continues) and, with ``logger=wandb``, the W&B run folders
-``wandb/offline-run-*/`` or ``wandb/run-*/``. For each run the history is read
-
-* ``--source csv``: from the CSV log, the earlier runs' files of ``previous_metrics`` first (oldest
-  first), so a resumed run shows all its epochs (a later file's value of an epoch wins);
-* ``--source wandb``: from the local W&B transaction logs (offline runs included; the W&B folders of
-  the earlier runs' directories first);
-* ``--source auto`` (default): the CSV log where there is one, the W&B runs otherwise.
+metrics files of the runs a resumed run continues). For each run the history is read from the CSV
+log, which every logger config writes (W&B's too): the earlier runs' files of ``previous_metrics``
+first (oldest first), so a resumed run shows all its epochs (a later file's value of an epoch wins).
 
 Written to ``--out``:
 
@@ -58,10 +52,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tumorseg.io import write_atomic
 from tumorseg.labels import CLASS_NAMES, REGION_NAMES
-from tumorseg.plots import History, epoch_history, plot_loss_score, save_figure, wandb_epoch_history, write_atomic
+from tumorseg.plots import History, epoch_history, plot_loss_score, save_figure
 
-SOURCES = ("auto", "csv", "wandb")
 PAPER_TITLE = "Attention Mechanism, Linked Networks, and Pyramid Pooling Enabled 3D Biomedical Image Segmentation"
 # The final validation Dice the paper reports per network.
 PAPER_SCORES = {"arunet3d": 0.6488, "linknet3d": 0.6485, "pspnet3d": 0.6501}
@@ -98,8 +92,7 @@ class Run:
     network: str | None
     labels: str | None
     max_epochs: int | None
-    source: str  # "csv" or "wandb": where the history was read from
-    read: list[Path]  # the metrics files or W&B run folders read, oldest first
+    read: list[Path]  # the metrics files read, oldest first
     history: History
     name: str = ""  # figure file stem, unique among the runs
     label: str = ""  # legend label, unique among the runs
@@ -118,49 +111,25 @@ class Run:
 # Reading a run directory
 
 
-def load_run(run_dir: str | Path, source: str = "auto") -> Run:
-    """Read the config and the history of one run directory.
+def load_run(run_dir: str | Path) -> Run:
+    """Read the config and the history (the CSV logs) of one run directory.
 
     Raises:
         RunError: ``run_dir`` is not a folder, its config or ``run_info.json`` cannot be read, or it
-            has no metrics for ``source``, or none of the Dice loss and Dice score series.
+            has no CSV log, or none of the Dice loss and Dice score series.
     """
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}.")
     path = Path(run_dir)
     if not path.is_dir():
         raise RunError(f"{path}: no such run directory.")
     config = _read_config(path)
-    warnings: list[str] = []  # about the CSV logs; kept only if they are read
+    warnings: list[str] = []  # about the CSV logs
     csv_files = _csv_files(path, warnings)
-    if source == "auto":
-        source = "csv" if any(p.is_file() for p in csv_files) else "wandb"
-        if source == "wandb" and not _wandb_dirs(path):
-            raise RunError(
-                f"{path}: no metrics: neither a CSV log (csv/metrics.csv, or an earlier run's listed in "
-                "run_info.json) nor a W&B run (wandb/offline-run-*/ or wandb/run-*/)."
-            )
-    if source == "csv":
-        read = [p for p in csv_files if p.is_file()]
-        if not read:
-            raise RunError(
-                f"{path}: no metrics: no CSV log (csv/metrics.csv, or an earlier run's listed in run_info.json)."
-            )
-        history = epoch_history(read)
-    else:
-        warnings = []
-        read = _wandb_dirs(path)
-        if not read:
-            raise RunError(f"{path}: no metrics: no W&B run (wandb/offline-run-*/ or wandb/run-*/).")
-        history = {}
-        for folder in read:  # oldest first: a later run's value of an epoch wins
-            try:
-                part = wandb_epoch_history(folder)
-            except (FileNotFoundError, ValueError) as err:
-                raise RunError(f"{path}: cannot read the W&B run {folder}: {err}") from err
-            for key, values in part.items():
-                history.setdefault(key, {}).update(values)
-    history = {key: values for key, values in history.items() if values}
+    read = [p for p in csv_files if p.is_file()]
+    if not read:
+        raise RunError(
+            f"{path}: no metrics: no CSV log (csv/metrics.csv, or an earlier run's listed in run_info.json)."
+        )
+    history = {key: values for key, values in epoch_history(read).items() if values}
     where = ", ".join(str(p) for p in read)
     if not history:
         raise RunError(f"{path}: no metrics: nothing logged in {where}.")
@@ -179,7 +148,6 @@ def load_run(run_dir: str | Path, source: str = "auto") -> Run:
         network=_text(network.get("name")),
         labels=_text(model.get("labels")),
         max_epochs=max_epochs if isinstance(max_epochs, int) and not isinstance(max_epochs, bool) else None,
-        source=source,
         read=read,
         history=history,
         warnings=warnings,
@@ -244,24 +212,6 @@ def _previous_metrics(run_dir: Path, warnings: list[str]) -> list[Path]:
     return files
 
 
-def _wandb_dirs(run_dir: Path) -> list[Path]:
-    """W&B run folders of a run, the earlier runs' first (their run directories hold the files in
-    ``previous_metrics``), each directory's in the order they were started."""
-    run_dirs = [p.parent.parent if p.parent.name == "csv" else p.parent for p in _previous_metrics(run_dir, [])]
-    folders: list[Path] = []
-    for directory in [*run_dirs, run_dir]:
-        found = [
-            d
-            for d in (directory / "wandb").glob("*run-*")
-            if d.is_dir() and not d.is_symlink() and any(d.glob("*.wandb"))
-        ]
-        # offline-run-<time>-<id> and run-<time>-<id>: ordered by the time
-        for folder in sorted(found, key=lambda d: d.name.removeprefix("offline-")):
-            if all(_same(folder) != _same(f) for f in folders):
-                folders.append(folder)
-    return folders
-
-
 # --------------------------------------------------------------------------------------------
 # Numbers
 
@@ -289,7 +239,6 @@ def summarize(run: Run, reference: str | None = None) -> dict[str, Any]:
         "task_name": run.task_name,
         "network": run.network,
         "labels": run.labels,
-        "source": run.source,
         "read": [str(p) for p in run.read],
         "epochs": len(epochs),
         "first_epoch": epochs[0] if epochs else None,
@@ -412,7 +361,6 @@ def plot_runs(
     run_dirs: Sequence[str | Path],
     out: str | Path,
     *,
-    source: str = "auto",
     reference: str | None = None,
     title: str | None = None,
 ) -> dict[str, Any]:
@@ -429,7 +377,7 @@ def plot_runs(
     runs, errors = [], []
     for run_dir in run_dirs:
         try:
-            runs.append(load_run(run_dir, source))
+            runs.append(load_run(run_dir))
         except RunError as err:
             errors.append(str(err))
     if errors:
@@ -453,7 +401,6 @@ def plot_runs(
     markdown = results_table(summaries, reference, title)
     results: dict[str, Any] = {
         "title": title,
-        "source": source,
         "comparison": str(comparison),
         "table": str(out / "results.md"),
         "runs": summaries,
@@ -473,12 +420,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="training run directories (train.py's output)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the figures and the tables")
     parser.add_argument(
-        "--source",
-        choices=SOURCES,
-        default="auto",
-        help="history from the CSV log, the W&B offline run, or the CSV log where there is one (default: auto)",
-    )
-    parser.add_argument(
         "--reference",
         choices=sorted(REFERENCES),
         default=None,
@@ -493,7 +434,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        results = plot_runs(args.run_dirs, args.out, source=args.source, reference=args.reference, title=args.title)
+        results = plot_runs(args.run_dirs, args.out, reference=args.reference, title=args.title)
     except RunError as err:
         for line in str(err).splitlines():
             print(f"error: {line}", file=sys.stderr)

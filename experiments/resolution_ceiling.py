@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tumorseg.cli import positive_int
 from tumorseg.data.layouts import discover, load_case
 from tumorseg.labels import to_regions
 from tumorseg.training.metrics import dice_per_case
@@ -43,11 +44,9 @@ def ceiling(label: np.ndarray, stride: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="a dataset root in any layout tumorseg reads")
-    parser.add_argument("--strides", nargs="+", type=int, default=[1, 2, 4, 8])
-    parser.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
+    parser.add_argument("--strides", nargs="+", type=positive_int, default=[1, 2, 4, 8])
+    parser.add_argument("--max-cases", type=positive_int, default=None, help="only the first N cases")
     args = parser.parse_args(argv)
-    if any(s < 1 for s in args.strides):
-        parser.error("--strides must be positive integers")
     dataset = discover(args.root)
     cases = [c for c in dataset.cases if c.label is not None][: args.max_cases]
     if not cases:

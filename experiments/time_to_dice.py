@@ -74,7 +74,7 @@ def first_reached(curve: list[dict], threshold: float) -> float | None:
 
 
 def run_one(model: str, seed: int, out: Path, overrides: list[str], redo: bool = False) -> dict:
-    from tumorseg.plots import write_atomic
+    from tumorseg.io import write_atomic
     from tumorseg.training.train import register_resolvers, train
 
     register_resolvers()
@@ -201,7 +201,7 @@ def plot(results: list[dict], thresholds: list[float], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tumorseg.plots import write_atomic
+    from tumorseg.io import write_atomic
 
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,10 @@
-"""experiments/plot_runs.py on hand-made run directories: CSV logs (one run resumed), a real W&B offline run."""
+"""experiments/plot_runs.py on hand-made run directories: CSV logs, one run resumed."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 from matplotlib.image import imread
-from train_helpers import offline_wandb_run
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "experiments") not in sys.path:
@@ -94,20 +92,8 @@ ARUNET = {e: val_metrics(m) for e, m in enumerate([0.21, 0.43, 0.55, 0.612345678
 # is logged in both files: the resumed run's value must win (the first attempt's 0.95 would be the best)
 LINKNET_FIRST = {e: val_metrics(m) for e, m in enumerate([0.2, 0.35, 0.47, 0.95])}
 LINKNET_RESUMED = {e: val_metrics(m) for e, m in zip(range(3, 7), [0.5, 0.62, 0.6678901234, 0.64])}
-# pspnet3d: W&B only, the paper's softmax scheme with the per-class Dice too
+# pspnet3d: the paper's softmax scheme with the per-class Dice too
 PSPNET = {e: val_metrics(m, classes=True) for e, m in enumerate([0.3, 0.45, 0.7012345678, 0.66, 0.69])}
-
-
-def make_wandb_run(run_dir: Path, root: Path, epochs: dict[int, dict[str, float]]) -> Path:
-    """A real W&B offline run in ``run_dir/wandb``, logged as Lightning's WandbLogger does."""
-    with offline_wandb_run(root, run_dir) as run:
-        for epoch, val in epochs.items():
-            step = (epoch + 1) * STEPS_PER_EPOCH - 1
-            run.log({"lr-AdamW": 0.01, "trainer/global_step": epoch * STEPS_PER_EPOCH})  # no epoch: left out
-            run.log({**val, "epoch": epoch, "trainer/global_step": step})
-            run.log({**train_metrics(epoch), "epoch": epoch, "trainer/global_step": step})
-        folder = Path(run.dir).parent  # run.dir is <run folder>/files
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +114,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
     pspnet = root / "brats_pspnet3d/runs/2026-01-04_10-00-00"
     write_config(pspnet, "brats_pspnet3d", "pspnet3d", labels="softmax4", max_epochs=5)
-    folder = make_wandb_run(pspnet, tmp_path_factory.mktemp("wandb-home"), PSPNET)
-    assert folder.parent == pspnet / "wandb" and folder.name.startswith("offline-run-")
-    assert not (pspnet / "csv").exists()
+    write_metrics_csv(pspnet / "csv/metrics.csv", PSPNET)
     return {"arunet3d": arunet, "linknet3d": linknet, "pspnet3d": pspnet}
 
 
@@ -186,15 +170,15 @@ def test_figures_table_and_json(runs, tmp_path, capsys):
 
     linknet = {**LINKNET_FIRST, **LINKNET_RESUMED}  # the resumed run's epoch 3 replaces the first attempt's
     cases = {
-        "arunet3d": (ARUNET, "regions", "6/10", "csv"),
-        "linknet3d": (linknet, "regions", "7/10", "csv"),
-        "pspnet3d": (PSPNET, "softmax4", "5/5", "wandb"),
+        "arunet3d": (ARUNET, "regions", "6/10"),
+        "linknet3d": (linknet, "regions", "7/10"),
+        "pspnet3d": (PSPNET, "softmax4", "5/5"),
     }
     assert set(rows) == set(cases)
-    for network, (epochs, labels, epochs_cell, source) in cases.items():
+    for network, (epochs, labels, epochs_cell) in cases.items():
         row, summary, want = rows[network], summaries[network], expected(epochs)
         assert row["run"] == f"brats_{network}" and row["labels"] == labels and row["epochs"] == epochs_cell
-        assert summary["source"] == source and summary["label"] == network
+        assert summary["label"] == network
         assert summary["epochs"] == len(epochs) and summary["first_epoch"] == 0
         assert summary["last_epoch"] == summary["final_epoch"] == max(epochs)
         for key in REGION_KEYS:
@@ -241,31 +225,15 @@ def test_reference_paper_column(runs, tmp_path, capsys):
     assert results["reference"]["scores"] == PAPER_SCORES and "SNPD 2022" in results["reference"]["venue"]
 
 
-def test_sources(runs, tmp_path, capsys):
-    # a run with both logs: its CSV log holds epochs 0-2, its W&B run (pspnet3d's, copied) epochs 0-4
-    both = tmp_path / "both"
-    write_config(both, "both", "pspnet3d", labels="softmax4")
-    write_metrics_csv(both / "csv/metrics.csv", {e: PSPNET[e] for e in range(3)})
-    shutil.copytree(runs["pspnet3d"] / "wandb", both / "wandb", symlinks=True)
-    summaries = {}
-    for source in ("auto", "csv", "wandb"):
-        code, _, stderr = run_main(capsys, both, "--out", tmp_path / source, "--source", source)
-        assert code == 0, stderr
-        (summary,) = json.loads((tmp_path / source / "results.json").read_text())["runs"]
-        summaries[source] = summary
-    assert summaries["auto"] == {**summaries["csv"], "figure": summaries["auto"]["figure"]}  # auto: the CSV log
-    assert summaries["csv"]["source"] == "csv" and summaries["wandb"]["source"] == "wandb"
-    assert summaries["csv"]["epochs"] == 3 and summaries["wandb"]["epochs"] == 5
-    keys = (*REGION_KEYS, "ncr", "ed", "mean")
-    assert summaries["csv"]["final"] == {k: PSPNET[2][f"val/dice_{k}"] for k in keys}
-    assert summaries["wandb"]["final"] == {k: PSPNET[4][f"val/dice_{k}"] for k in keys}
-
-    # a source the run lacks is an error naming the run
-    code, _, stderr = run_main(capsys, runs["pspnet3d"], "--out", tmp_path / "csv-only", "--source", "csv")
-    assert code == 1 and str(runs["pspnet3d"]) in stderr and "no CSV log" in stderr
-    assert not (tmp_path / "csv-only").exists()
-    code, _, stderr = run_main(capsys, runs["arunet3d"], "--out", tmp_path / "wandb-only", "--source", "wandb")
-    assert code == 1 and str(runs["arunet3d"]) in stderr and "no W&B run" in stderr
+def test_wandb_without_a_csv_log_is_an_error(tmp_path, capsys):
+    # the history is the CSV log's, which every logger config writes; a W&B folder alone is not read
+    run = tmp_path / "wandb-only"
+    write_config(run, "wandb_only", "pspnet3d")
+    (run / "wandb/offline-run-20260101_100000-abc").mkdir(parents=True)
+    (run / "wandb/offline-run-20260101_100000-abc/run-abc.wandb").write_bytes(b":W&B")
+    code, _, stderr = run_main(capsys, run, "--out", tmp_path / "out")
+    assert code == 1 and str(run) in stderr and "no CSV log" in stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_run_without_metrics_is_an_error(runs, tmp_path, capsys):
@@ -328,11 +296,11 @@ def test_help_and_usage_errors(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
-    assert "--out" in usage and "--source {auto,csv,wandb}" in usage and "--reference {paper}" in usage
+    assert "--out" in usage and "--source" not in usage and "--reference {paper}" in usage
     for argv in (
         [],
         ["run"],
-        ["run", "--out", "x", "--source", "tensorboard"],
+        ["run", "--out", "x", "--source", "csv"],
         ["run", "--out", "x", "--reference", "x"],
     ):
         with pytest.raises(SystemExit) as exit_info:

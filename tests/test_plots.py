@@ -1,15 +1,13 @@
-"""Training-history readers (CSVLogger, offline W&B), the loss/score figure and the segmentation panel."""
+"""The training-history reader (CSVLogger), the loss/score figure and the segmentation panel."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
-from train_helpers import offline_wandb_run
 
 from tumorseg import plots
 from tumorseg.plots import (
@@ -18,8 +16,6 @@ from tumorseg.plots import (
     plot_loss_score,
     save_figure,
     segmentation_panel,
-    wandb_epoch_history,
-    wandb_history,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -171,89 +167,6 @@ def test_save_figure_failure_keeps_the_old_file(tmp_path, monkeypatch):
         save_figure(fig, out)
     assert out.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
-
-
-# --------------------------------------------------------------------------------------------
-# W&B offline runs
-
-ROWS = [
-    {"epoch": 0, "val/dice_mean": 0.123456789, "train/dice_loss": 0.9, "trainer/global_step": 9},
-    {"epoch": 1, "val/dice_mean": 0.25, "train/dice_loss": 0.8, "trainer/global_step": 19},
-    {"epoch": 2, "val/dice_mean": 1 / 3, "trainer/global_step": 29},
-]
-
-
-@pytest.fixture(scope="module")
-def wandb_run(tmp_path_factory):
-    """A real offline run: the rows above, then rows the epoch history must leave out or override."""
-    root = tmp_path_factory.mktemp("wandb")
-    with offline_wandb_run(root, root) as run:
-        for row in ROWS:
-            run.log(row)
-        run.log({"note": "no epoch", "val/dice_mean": 0.99})
-        run.log({"epoch": 2, "val/dice_mean": 0.5, "sample": "text", "flag": True})  # last of epoch 2 wins
-        run.log({"epoch": 3, "nested": {"a": 1.5}, "big": "x" * 70_000})  # a record over two 32 KiB blocks
-        run_dir = Path(run.dir).parent  # run.dir is <run folder>/files
-    return run_dir
-
-
-def test_wandb_history_reads_the_offline_run(wandb_run):
-    assert wandb_run.name.startswith("offline-run-")
-    rows = wandb_history(wandb_run)
-    assert len(rows) == 6
-    for row, logged in zip(rows, ROWS):
-        assert {k: row[k] for k in logged} == logged  # exactly the logged values
-        assert "_step" in row and "_timestamp" in row
-    assert [row["_step"] for row in rows] == list(range(6))
-    assert rows[3]["note"] == "no epoch"
-    assert rows[4]["sample"] == "text" and rows[4]["flag"] is True
-    assert rows[5]["nested.a"] == 1.5 and rows[5]["big"] == "x" * 70_000
-    # the .wandb file itself works as well
-    (log,) = wandb_run.glob("run-*.wandb")
-    assert wandb_history(log) == rows
-
-
-def test_wandb_epoch_history(wandb_run):
-    history = wandb_epoch_history(wandb_run)
-    assert history == {
-        "val/dice_mean": {0: 0.123456789, 1: 0.25, 2: 0.5},
-        "train/dice_loss": {0: 0.9, 1: 0.8},
-        "nested.a": {3: 1.5},
-    }
-    out = plot_loss_score(history, wandb_run / "loss.png")
-    assert out.read_bytes()[:8] == PNG_SIGNATURE
-
-
-def test_wandb_history_of_a_log_cut_off_mid_write(wandb_run, tmp_path):
-    (log,) = wandb_run.glob("run-*.wandb")
-    data = log.read_bytes()
-    cut = tmp_path / log.name
-    cut.write_bytes(data[:40_000])  # inside the big record, which starts in the first block
-    # what a reader sees while the run is still writing, or after it was killed: the whole rows before
-    assert wandb_history(cut) == wandb_history(log)[:5]
-    cut.write_bytes(data[:-3])  # a chunk header cut short
-    assert len(wandb_history(cut)) == 6
-
-
-def test_wandb_history_errors(wandb_run, tmp_path):
-    with pytest.raises(FileNotFoundError, match="No .wandb file"):
-        wandb_history(tmp_path)
-    # pointed at the folder above the run: the error names the run folder
-    with pytest.raises(FileNotFoundError, match=wandb_run.name):
-        wandb_history(wandb_run.parent)
-    (log,) = wandb_run.glob("run-*.wandb")
-    corrupt = tmp_path / "corrupt" / log.name
-    corrupt.parent.mkdir()
-    shutil.copy(log, corrupt)
-    data = bytearray(corrupt.read_bytes())
-    data[20] ^= 0xFF  # inside the first record
-    corrupt.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="corrupt record"):
-        wandb_history(corrupt.parent)
-    not_wandb = tmp_path / "run-x.wandb"
-    not_wandb.write_bytes(b"hello world")
-    with pytest.raises(ValueError, match="not a W&B transaction log"):
-        wandb_history(not_wandb)
 
 
 # --------------------------------------------------------------------------------------------

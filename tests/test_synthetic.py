@@ -222,10 +222,10 @@ def test_killed_run_is_repaired(dataset, tmp_path, monkeypatch):
     assert json.loads((out / MANIFEST).read_text())["complete"] == {}
 
     # A SIGKILL leaves its temporary file behind; it is never taken for a case file.
-    (case / ".BraTS20_Training_001_t1.nii.gz.4242.partial").write_bytes(b"half a file")
+    (case / ".BraTS20_Training_001_t1.nii.gz.k2x9.partial.nii.gz").write_bytes(b"half a file")
     generate_dataset(out, cases=2, seed=7, shape=SMALL, progress=False)
     assert nifti_bytes(out) == nifti_bytes(dataset)
-    assert not list(out.rglob("*.partial"))
+    assert not list(out.rglob("*.partial*"))
 
 
 def test_rerun_skips_complete_cases_and_rewrites_damaged_ones(dataset, tmp_path):

@@ -3,14 +3,11 @@ subprocesses those tests start, with this folder on PYTHONPATH)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
@@ -44,25 +41,6 @@ def tiny_overrides(root: Path, data_dir: Path, model: str = "arunet3d", epochs: 
         "~callbacks.progress_bar",
         "callbacks.throughput.warmup_steps=1",
     ]
-
-
-@contextlib.contextmanager
-def offline_wandb_run(root: Path, run_dir: Path) -> Iterator:
-    """A real W&B offline run in ``run_dir`` that writes nothing outside ``root``; finished and
-    flushed on exit (``finish()`` may return before wandb-core has written the last records)."""
-    wandb = pytest.importorskip("wandb")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_SILENT", "true")
-        mp.setenv("WANDB_CONSOLE", "off")
-        for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-            mp.setenv(name, str(root))
-        run = wandb.init(project="tumorseg-test", dir=run_dir)
-        try:
-            yield run
-        finally:
-            run.finish()
-            wandb.teardown()
 
 
 class RankProbe(Callback):

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tumorseg.cli import positive_int
+
 NETWORKS = ("arunet3d", "linknet3d", "pspnet3d")
 MIRRORINGS = 8
 
@@ -92,21 +94,14 @@ def table(rows: Sequence[dict], train_cases: int, val_cases: int, spv: int, val_
     return "\n".join(lines) + "\n"
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="epoch_time.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, metavar="OUT_DIR", help="the folder experiments/gpu_train_check.sh wrote")
-    parser.add_argument("--train-cases", type=_positive, default=1001)
-    parser.add_argument("--val-cases", type=_positive, default=250)
-    parser.add_argument("--samples-per-volume", type=_positive, default=4)
-    parser.add_argument("--val-every", type=_positive, default=5)
-    parser.add_argument("--epochs", type=_positive, default=300)
+    parser.add_argument("--train-cases", type=positive_int, default=1001)
+    parser.add_argument("--val-cases", type=positive_int, default=250)
+    parser.add_argument("--samples-per-volume", type=positive_int, default=4)
+    parser.add_argument("--val-every", type=positive_int, default=5)
+    parser.add_argument("--epochs", type=positive_int, default=300)
     args = parser.parse_args(argv)
     settings = (args.train_cases, args.val_cases, args.samples_per_volume, args.val_every, args.epochs)
     print(table(estimate(args.out, *settings), *settings), end="")

@@ -2,7 +2,7 @@
 epoch (training and validation), one comparison figure of the three, and a table of the final
 validation Dice next to the paper's reported scores. Usage:
 
-    python experiments/paper/plot.py RUN_DIR [RUN_DIR ...] --out DIR [--source csv|wandb|auto] [--title T]
+    python experiments/paper/plot.py RUN_DIR [RUN_DIR ...] --out DIR [--title T]
 
 RUN_DIR is a training run directory (for a multirun, outputs/<...>/multiruns/<date>/<n>).
 """

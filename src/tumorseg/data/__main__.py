@@ -10,15 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from tumorseg.cli import positive_int
 from tumorseg.data import check
 from tumorseg.data.layouts import LAYOUTS
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     check_parser.add_argument("--layout", choices=LAYOUTS, help="read the files as this layout instead of detecting it")
     check_parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=min(4, cpus),
         help=f"processes reading cases in parallel (default: {min(4, cpus)})",
     )

@@ -42,8 +42,6 @@ Why not MONAI's batched layers (both were checked against MONAI 1.6.1):
   parameters), so per-sample sigmas would need one call per sample, and ``gaussian_1d`` runs
   ``float(sigma)`` on every call, a device sync when sigma lives on the GPU. A grouped separable
   convolution with per-sample, per-channel kernels does it in three batched calls.
-
-MONAI is also only a test dependency of tumorseg, so the training path does not import it.
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tumorseg.arrays import bounding_box
 from tumorseg.data.layouts import Case, Discovery, Problem, Volume, check_case
+from tumorseg.io import atomic_path, write_atomic
 from tumorseg.labels import MODALITIES
 
 FORMAT_VERSION = 1
@@ -170,15 +172,10 @@ def fingerprint(case: Case) -> str:
 
 
 def brain_bbox(image: np.ndarray, margin: int = 0) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Bounding box (start, stop) of the voxels non-zero in any channel, grown by ``margin``."""
-    mask = np.any(image != 0, axis=0)
-    start, stop = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=other))
-        start.append(max(int(hits[0]) - margin, 0))
-        stop.append(min(int(hits[-1]) + 1 + margin, mask.shape[axis]))
-    return tuple(start), tuple(stop)
+    """Bounding box (start, stop) of the voxels of (C, X, Y, Z) ``image`` non-zero in any channel,
+    grown by ``margin``."""
+    box = bounding_box(np.any(image != 0, axis=0), margin)
+    return tuple(s.start for s in box), tuple(s.stop for s in box)
 
 
 def _resample(array: np.ndarray, shape: tuple[int, int, int], label: bool) -> np.ndarray:
@@ -332,11 +329,14 @@ def _write_entry(settings_dir: Path, case: Case, config: PreprocessConfig) -> tu
     tmp = settings_dir / f".{case.case_id}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        np.save(tmp / "image.npy", image)
-        if label is not None:
-            np.save(tmp / "label.npy", label)
-        np.save(tmp / "foreground.npy", foreground_coordinates(label, case.case_id))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks completeness
+        # each file fsynced (atomic_path) before the folder is renamed into place: a power cut cannot
+        # leave a trusted entry whose arrays were never written to disk
+        arrays = {"image.npy": image, "label.npy": label, "foreground.npy": foreground_coordinates(label, case.case_id)}
+        for name, array in arrays.items():
+            if array is not None:
+                with atomic_path(tmp / name) as path:
+                    np.save(path, array)
+        write_atomic(tmp / "meta.json", json.dumps(meta, indent=1))  # last: its presence marks completeness
         final = _entry_dir(settings_dir, case.case_id)
         if final.exists():
             existing = read_entry(settings_dir, case, fp)
@@ -375,8 +375,8 @@ def build_cache(
     settings_dir = Path(cache_dir) / config.key
     settings_dir.mkdir(parents=True, exist_ok=True)
     settings_file = settings_dir / "settings.json"
-    if not settings_file.exists():
-        settings_file.write_text(json.dumps({**asdict(config), "version": FORMAT_VERSION}, indent=1))
+    if not settings_file.exists():  # whole or absent: a killed run must not leave it truncated for good
+        write_atomic(settings_file, json.dumps({**asdict(config), "version": FORMAT_VERSION}, indent=1))
 
     entries: dict[str, CacheEntry] = {}
     todo = []

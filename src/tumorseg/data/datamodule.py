@@ -5,8 +5,8 @@ reads a case without decompressing or normalising it), drawn by ``TumourPatchSam
 patches centred on tumour voxels (nnU-Net oversamples foreground the same way), the rest uniform.
 Augmentation runs batched on the training device after the batch is transferred
 (``on_after_batch_transfer``), so on a GPU it costs the CPU nothing. Under DDP every rank draws
-from its own disjoint shard of the training cases each epoch; validation and test yield whole
-cases, sharded the same way, for sliding-window inference.
+from its own disjoint shard of the training cases each epoch; validation yields whole cases,
+sharded the same way, for sliding-window inference.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -30,17 +29,16 @@ from tumorseg.data.augment import BatchAugment
 from tumorseg.data.cache import Cache, CacheEntry, PreprocessConfig, build_cache
 from tumorseg.data.check import format_problems
 from tumorseg.data.layouts import DatasetError, discover
+from tumorseg.io import cache_root
 
 PAPER_TRAIN_CASES = 250  # the paper trained on the first 250 BraTS 2020 training cases
 
 
 def default_cache_dir(root: str | Path) -> Path:
-    """``$TUMORSEG_CACHE`` or ``~/.cache/tumorseg``, one folder per dataset root."""
-    base = (
-        os.environ.get("TUMORSEG_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tumorseg"
-    )
+    """One folder per dataset root under ``tumorseg.io.cache_root()`` (``$TUMORSEG_CACHE``, else
+    ``$XDG_CACHE_HOME/tumorseg``, else ``~/.cache/tumorseg``)."""
     resolved = Path(root).expanduser().resolve()
-    return Path(base) / f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
+    return cache_root() / f"{resolved.name}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:8]}"
 
 
 # ------------------------------------------------------------------------------------ splits
@@ -253,7 +251,7 @@ class PatchStream(IterableDataset):
 
 
 class CaseDataset(Dataset):
-    """Whole cached cases for validation, test and inference."""
+    """Whole cached cases for validation and inference."""
 
     def __init__(self, entries: list[CacheEntry]):
         self.entries = entries
@@ -459,9 +457,6 @@ class BratsDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._cases_loader(self.val_entries)
-
-    def test_dataloader(self) -> DataLoader:
         return self._cases_loader(self.val_entries)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:

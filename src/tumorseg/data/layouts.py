@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +30,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nibabel.filebasedimages import ImageFileError
-from nibabel.spatialimages import HeaderDataError
 
+from tumorseg.io import NiftiError, grid_mismatch, label_voxels, read_nifti, spacing
 from tumorseg.labels import CONVENTIONS, MODALITIES, to_internal, unexpected_values
 
 LAYOUTS = ("brats2020", "brats2021", "brats2023", "msd")
@@ -66,10 +64,6 @@ _EXAMPLES = {
 }
 # Case folders lie in the root, one level below it (e.g. MICCAI_BraTS2020_TrainingData/), or are the root.
 _SEARCH_DEPTH = 2
-# Largest difference (mm) between the affines of the files of one case that still counts as the same grid
-_AFFINE_TOLERANCE = 1e-3
-# nibabel's errors for a missing, truncated or corrupt file
-_READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, OverflowError, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -498,11 +492,11 @@ def _read_case(case: Case, *, inspect: bool) -> tuple[Volume | None, list[Proble
     reference = None  # (path, image) that the other files must match
     channels: list[np.ndarray] = []
     for index, path in enumerate(case.images):
-        read = _read_nifti(path)
-        if isinstance(read, str):
-            fail(read, path)
+        try:
+            image, data = read_nifti(path)
+        except NiftiError as error:
+            fail(error.reason, path)
             continue
-        image, data = read
         if multichannel and (data.ndim != 4 or data.shape[-1] != len(MODALITIES)):
             fail(
                 f"expected a 4D image of shape (X, Y, Z, 4) holding {', '.join(_MSD_CHANNELS)}, found shape "
@@ -514,7 +508,7 @@ def _read_case(case: Case, *, inspect: bool) -> tuple[Volume | None, list[Proble
             fail(f"expected a 3D image, found shape {data.shape}; BraTS stores one modality per 3D file", path)
             continue
         reference = reference or (path, image)
-        mismatch = _grid_mismatch(image, *reference)
+        mismatch = grid_mismatch(image, *reference)
         if mismatch:
             fail(mismatch, path)
             continue
@@ -542,31 +536,7 @@ def _read_case(case: Case, *, inspect: bool) -> tuple[Volume | None, list[Proble
     stacked = np.empty((len(channels), *channels[0].shape[::-1]), dtype=np.float32).transpose(0, 3, 2, 1)
     for index, channel in enumerate(channels):
         stacked[index] = channel
-    spacing = tuple(float(zoom) for zoom in first.header.get_zooms()[:3])
-    return Volume(stacked, label, first.affine.astype(np.float64), spacing), problems
-
-
-def _read_nifti(path: Path) -> tuple[nib.Nifti1Image, np.ndarray] | str:
-    """The image and its voxels (scaled as the header says), or a message saying why it cannot be read."""
-    try:
-        image = nib.load(path)
-        return image, np.asanyarray(image.dataobj)
-    except _READ_ERRORS as error:
-        return f"cannot read the file ({error}); it is missing, truncated or corrupt: re-extract or re-download it"
-
-
-def _grid_mismatch(image: nib.Nifti1Image, reference_path: Path, reference: nib.Nifti1Image) -> str | None:
-    """Why ``image`` does not lie on the voxel grid of ``reference``, or None when it does."""
-    what_to_do = (
-        f"all files of a case must share one voxel grid: resample this file onto the grid of {reference_path.name}"
-    )
-    shape, reference_shape = image.shape[:3], reference.shape[:3]
-    if shape != reference_shape:
-        return f"shape {shape} differs from {reference_shape} of {reference_path.name}; {what_to_do}"
-    difference = float(np.abs(image.affine - reference.affine).max())
-    if difference > _AFFINE_TOLERANCE:
-        return f"affine differs from {reference_path.name}'s by up to {difference:.3g} mm; {what_to_do}"
-    return None
+    return Volume(stacked, label, first.affine.astype(np.float64), spacing(first)), problems
 
 
 def _content_problems(channel: np.ndarray, where: str) -> list[str]:
@@ -584,28 +554,16 @@ def _read_label(
 ) -> np.ndarray | None:
     """The label of ``case`` as internal classes, or None after calling ``fail`` with what is wrong."""
     path = case.label
-    read = _read_nifti(path)
-    if isinstance(read, str):
-        fail(read, path)
+    try:
+        image, data = read_nifti(path)
+        data = label_voxels(data, path)  # 3D, finite, whole numbers
+    except NiftiError as error:
+        fail(error.reason, path)
         return None
-    image, data = read
-    if data.ndim != 3:
-        fail(f"expected a 3D label map, found shape {data.shape}; use the label file of the dataset", path)
-        return None
-    mismatch = _grid_mismatch(image, *reference) if reference else None
+    mismatch = grid_mismatch(image, *reference) if reference else None
     if mismatch:
         fail(mismatch, path)
         return None
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all():
-            fail("the label holds non-finite (NaN or inf) values; re-export or re-download it", path)
-            return None
-        rounded = np.rint(data)
-        # float storage is fine, fractions are not: they come from resampling with interpolation
-        if np.abs(data - rounded).max() > 1e-3:
-            fail("the label holds fractional values; resample label maps with nearest-neighbour interpolation", path)
-            return None
-        data = rounded.astype(np.int32)
     try:
         return to_internal(data, case.layout, source=str(path))
     except ValueError:

@@ -67,6 +67,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy import ndimage
 
+from tumorseg.io import write_atomic
 from tumorseg.labels import CLASS_COLOURS, CONVENTIONS, MODALITIES, MODALITY_NAMES
 
 __all__ = ["DEFAULT_SHAPE", "MANIFEST", "brats_affine", "case_id", "generate_dataset", "main", "make_phantom"]
@@ -379,20 +380,6 @@ def _nifti_gz(array: np.ndarray, description: str) -> bytes:
     return gzip.compress(image.to_bytes(), compresslevel=GZIP_LEVEL, mtime=0)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file next to ``path``, then rename it to ``path``."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with open(partial, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
 def _preview_png(images: dict[str, np.ndarray], label: np.ndarray, title: str) -> bytes:
     """PNG montage of the axial slice with the most tumour: the four modalities and the label on FLAIR."""
     from matplotlib.figure import Figure  # imported here: only previews need matplotlib
@@ -436,7 +423,7 @@ def _write_case(
     name = case_id(index)
     folder = out / name
     folder.mkdir(exist_ok=True)
-    for stale in [*folder.glob(f".{name}_*.partial"), *(out / "previews").glob(f".{name}.png.*.partial")]:
+    for stale in [*folder.glob(f".{name}_*.partial*"), *(out / "previews").glob(f".{name}.png.*.partial*")]:
         stale.unlink()  # left by a killed run: ours by name, never read
 
     images, label = make_phantom(np.random.default_rng([seed, index]), shape)
@@ -445,11 +432,11 @@ def _write_case(
     for modality, array in [*images.items(), ("seg", label)]:
         data = _nifti_gz(array, description)
         path = folder / f"{name}_{modality}.nii.gz"
-        _write_atomic(path, data)
+        write_atomic(path, data)
         digests[path.name] = hashlib.sha256(data).hexdigest()
     if preview:
         (out / "previews").mkdir(exist_ok=True)
-        _write_atomic(out / "previews" / f"{name}.png", _preview_png(images, label, name))
+        write_atomic(out / "previews" / f"{name}.png", _preview_png(images, label, name))
     return name, digests
 
 
@@ -466,7 +453,7 @@ def _is_complete(out: Path, name: str, digests: dict[str, str] | None, preview: 
 
 def _save_manifest(out: Path, manifest: dict) -> None:
     # Sorted, so that identical runs leave identical manifests whatever order workers finish in.
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 def _describe(settings: dict) -> str:
@@ -517,7 +504,7 @@ def _claim_output(out: Path, seed: int, shape: tuple[int, int, int], cases: int)
         manifest = {**settings, "cases": 0, "complete": {}}
     manifest["cases"] = max(manifest["cases"], cases)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f".{MANIFEST}.*.partial"):
+    for stale in out.glob(f".{MANIFEST}.*.partial*"):
         stale.unlink()  # left by a killed run
     _save_manifest(out, manifest)
     return manifest

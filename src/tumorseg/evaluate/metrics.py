@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
+from tumorseg.arrays import bounding_box
 from tumorseg.labels import CLASSES, REGION_CLASSES, REGIONS
 
 HD95_EMPTY = 373.13
@@ -68,16 +69,6 @@ def _check_masks(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndar
     return pred, ref
 
 
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Slices of the bounding box of a non-empty ``mask``, grown by ``margin`` voxels and clipped to the array."""
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(other for other in range(mask.ndim) if other != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
-    return tuple(box)
-
-
 def _surface(mask: np.ndarray) -> np.ndarray:
     # medpy's definition: the voxels that one erosion with the face-connected structure removes
     structure = generate_binary_structure(mask.ndim, 1)
@@ -111,7 +102,7 @@ def surface_distances(
     if not pred.any() or not ref.any():
         raise ValueError("surface distances need two non-empty masks.")
     if crop:
-        box = _bounding_box(pred | ref, _CROP_MARGIN)
+        box = bounding_box(pred | ref, _CROP_MARGIN)
         pred, ref = pred[box], ref[box]
     pred_surface, ref_surface = _surface(pred), _surface(ref)
     # EDT of the complement: each voxel's distance to the nearest surface voxel of the other mask
@@ -186,7 +177,7 @@ def region_metrics(
     # Every region lies inside the box of the tumour voxels of both maps; outside it only adds true
     # negatives. Cropping once makes a whole BraTS volume cost what its tumours cost.
     tumour = (pred_label != 0) | (ref_label != 0)
-    box = _bounding_box(tumour, 0) if tumour.any() else (slice(0, 0),) * tumour.ndim
+    box = bounding_box(tumour, 0) if tumour.any() else (slice(0, 0),) * tumour.ndim
     pred_label, ref_label = pred_label[box], ref_label[box]
     metrics = {}
     for region in REGIONS:

@@ -19,10 +19,8 @@ import hashlib
 import http.client
 import logging
 import math
-import os
 import re
 import socket
-import tempfile
 import urllib.error
 import urllib.parse
 import warnings
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from tumorseg.io import cache_root
+from tumorseg.io import atomic_path, cache_root
 from tumorseg.labels import MODALITIES
 from tumorseg.training.module import SegmentationModule
 
@@ -165,11 +163,9 @@ def resolve_checkpoint(
 
     folder.mkdir(parents=True, exist_ok=True)
     log.info("Downloading %s to %s", url, target)
-    # a private temporary name per process: concurrent downloads (e.g. DDP ranks) never mix
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # a private temporary name per process (concurrent downloads, e.g. DDP ranks, never mix),
+    # renamed onto the target only once it checks out
+    with atomic_path(target) as tmp:
         _download(url, tmp, progress)
         actual = _sha256_file(tmp)
         if expected is not None and actual != expected:
@@ -186,9 +182,6 @@ def resolve_checkpoint(
                 f"Cannot download {url}: the {tmp.stat().st_size} bytes received are not a whole checkpoint "
                 f"(the connection closed early, or the URL serves something else). Nothing was cached; try again."
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

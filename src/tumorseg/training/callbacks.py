@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import socket
 import subprocess
@@ -22,6 +21,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+
+from tumorseg.io import atomic_write, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no `storage_options`, got {storage_options!r}.")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path, "wb") as file:
+            torch.save(checkpoint, file)
 
 
 def git_state(path: str | Path | None = None) -> dict:
@@ -108,13 +100,6 @@ def csv_metrics_file(trainer: pl.Trainer) -> Path | None:
     return None
 
 
-def wandb_run_dir(trainer: pl.Trainer) -> Path | None:
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            return Path(logger.experiment.dir).parent
-    return None
-
-
 class RunRecord(Callback):
     """Writes ``run_info.json`` in the run directory: git commit, package versions, hardware, data
     fingerprint, the checkpoint resumed from, and the metrics files of earlier runs of this
@@ -162,12 +147,7 @@ class RunRecord(Callback):
             "resumed_from": self.resumed_from,
             "previous_metrics": list(self.history),
         }
-        path = Path(trainer.default_root_dir) / "run_info.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_atomic(Path(trainer.default_root_dir) / "run_info.json", json.dumps(record, indent=1))
 
 
 class FlushLoggers(Callback):
@@ -180,29 +160,25 @@ class FlushLoggers(Callback):
 
 class LossScorePlot(Callback):
     """Draws ``loss_score.png`` in the run directory at the end of fit (and after a crash): Dice loss
-    and Dice score per epoch, train and validation, as the paper's figures do. A resumed run draws
-    the epochs of the runs it continues too."""
+    and Dice score per epoch, train and validation, as the paper's figures do, from the CSV log
+    (every logger config writes it, W&B's too). A resumed run draws the epochs of the runs it
+    continues too."""
 
     def __init__(self, filename: str = "loss_score.png"):
         self.filename = filename
 
     def draw(self, trainer: pl.Trainer) -> Path | None:
-        from tumorseg.plots import epoch_history, plot_loss_score, wandb_epoch_history
+        from tumorseg.plots import epoch_history, plot_loss_score
 
         for logger in trainer.loggers:
             logger.save()
         record = next((c for c in trainer.callbacks if isinstance(c, RunRecord)), None)
         files = record.metrics_files() if record else [p for p in [csv_metrics_file(trainer)] if p]
+        if not files:
+            log.warning("No CSV logger: %s is not drawn.", self.filename)
+            return None
         try:
-            if files:
-                history = epoch_history(files)
-            else:
-                wandb_dir = wandb_run_dir(trainer)
-                if wandb_dir is None:
-                    log.warning("No CSV or W&B logger: %s is not drawn.", self.filename)
-                    return None
-                history = wandb_epoch_history(wandb_dir)
-            path = plot_loss_score(history, Path(trainer.default_root_dir) / self.filename)
+            path = plot_loss_score(epoch_history(files), Path(trainer.default_root_dir) / self.filename)
         except (FileNotFoundError, ValueError) as err:
             log.warning("%s not drawn: %s", self.filename, err)
             return None
