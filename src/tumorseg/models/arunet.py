@@ -11,6 +11,7 @@ from tumorseg.models.layers import (
     SegmentationNetwork,
     check_common,
     check_int_sequence,
+    dropout3d,
     init_weights,
     make_act,
     make_norm,
@@ -31,7 +32,7 @@ class PreActResBlock(nn.Module):
         self.conv1 = nn.Conv3d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
         self.norm2 = make_norm(norm, out_ch, norm_groups)
         self.act2 = make_act(act)
-        self.drop = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+        self.drop = dropout3d(dropout)
         self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False)
         self.shortcut = (
             nn.Identity() if in_ch == out_ch and stride == 1 else nn.Conv3d(in_ch, out_ch, 1, stride=stride, bias=False)

@@ -159,6 +159,26 @@ def conv_norm_act(in_ch, out_ch, kernel, *, norm, act, norm_groups, stride=1, pa
     )
 
 
+def projection_shortcut(in_ch: int, out_ch: int, *, stride: int, norm: str, norm_groups: int) -> nn.Module:
+    """A ResNet block's shortcut: the identity, or a strided 1x1x1 convolution and norm where the
+    width or the resolution changes (He et al.'s projection shortcut)."""
+    if in_ch == out_ch and stride == 1:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv3d(in_ch, out_ch, 1, stride=stride, bias=False), make_norm(norm, out_ch, norm_groups))
+
+
+def dropout3d(p: float) -> nn.Module:
+    """Channel dropout, or nothing when ``p`` is 0 (keeps state-dict keys and graphs lean)."""
+    return nn.Dropout3d(p) if p > 0 else nn.Identity()
+
+
+def check_flags(**flags: object) -> None:
+    """Boolean options must be True or False (a YAML typo such as ``"no"`` would be truthy)."""
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
+
+
 def resnet_stem(in_ch, out_ch, *, norm, act, norm_groups):
     """ResNet's stem: 7x7x7 stride-2 convolution and 3x3x3 stride-2 max-pool (output stride 4)."""
     return nn.Sequential(
@@ -201,7 +221,7 @@ class FullResolutionHead(nn.Module):
             nn.ConvTranspose3d(width, full, 2, stride=2, bias=False), make_norm(norm, full, norm_groups), make_act(act)
         )
         self.fuse_full = conv_norm_act(full + in_channels, full, 1, **kw)
-        self.drop = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
+        self.drop = dropout3d(dropout)
         self.classifier = nn.Conv3d(full, out_channels, 1)
 
     def forward(self, coarse: torch.Tensor, half: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,14 @@ from tumorseg.models.layers import (
     FullResolutionHead,
     SegmentationNetwork,
     check_common,
+    check_flags,
     check_int_sequence,
     conv_norm_act,
+    dropout3d,
     init_weights,
     make_act,
     make_norm,
+    projection_shortcut,
     resnet_stem,
 )
 
@@ -30,13 +33,7 @@ class BasicBlock(nn.Module):
         self.conv1 = conv_norm_act(in_ch, out_ch, 3, stride=stride, norm=norm, act=act, norm_groups=norm_groups)
         self.conv2 = nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False)
         self.norm2 = make_norm(norm, out_ch, norm_groups)
-        self.shortcut = (
-            nn.Identity()
-            if in_ch == out_ch and stride == 1
-            else nn.Sequential(
-                nn.Conv3d(in_ch, out_ch, 1, stride=stride, bias=False), make_norm(norm, out_ch, norm_groups)
-            )
-        )
+        self.shortcut = projection_shortcut(in_ch, out_ch, stride=stride, norm=norm, norm_groups=norm_groups)
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,8 +119,7 @@ class LinkNet3D(SegmentationNetwork):
         check_common(in_channels, out_channels, norm, act, dropout, norm_groups)
         feats = check_int_sequence("features", features, length=4)
         blocks = check_int_sequence("blocks", blocks, length=4)
-        if not isinstance(full_resolution, bool):
-            raise ValueError(f"`full_resolution` must be True or False, got {full_resolution!r}.")
+        check_flags(full_resolution=full_resolution)
         self.in_channels, self.out_channels, self.features = in_channels, out_channels, feats
         self.full_resolution = full_resolution
         kw = dict(norm=norm, act=act, norm_groups=norm_groups)
@@ -149,7 +145,7 @@ class LinkNet3D(SegmentationNetwork):
                 make_norm(norm, head, norm_groups),
                 make_act(act),
                 conv_norm_act(head, head, 3, **kw),
-                nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+                dropout3d(dropout),
                 nn.ConvTranspose3d(head, out_channels, 2, stride=2),
             )
         )

@@ -12,11 +12,14 @@ from tumorseg.models.layers import (
     FullResolutionHead,
     SegmentationNetwork,
     check_common,
+    check_flags,
     check_int_sequence,
     conv_norm_act,
+    dropout3d,
     init_weights,
     make_act,
     make_norm,
+    projection_shortcut,
     resize_trilinear,
     resnet_stem,
 )
@@ -36,13 +39,7 @@ class Bottleneck(nn.Module):
         self.conv2 = conv_norm_act(planes, planes, 3, stride=stride, dilation=dilation, **kw)
         self.conv3 = nn.Conv3d(planes, out_ch, 1, bias=False)
         self.norm3 = make_norm(norm, out_ch, norm_groups)
-        self.shortcut = (
-            nn.Identity()
-            if in_ch == out_ch and stride == 1
-            else nn.Sequential(
-                nn.Conv3d(in_ch, out_ch, 1, stride=stride, bias=False), make_norm(norm, out_ch, norm_groups)
-            )
-        )
+        self.shortcut = projection_shortcut(in_ch, out_ch, stride=stride, norm=norm, norm_groups=norm_groups)
         self.act = make_act(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,9 +133,7 @@ class PSPNet3D(SegmentationNetwork):
         feats = check_int_sequence("features", features, length=4)
         blocks = check_int_sequence("blocks", blocks, length=4)
         bins = check_int_sequence("bins", bins)
-        for name, flag in (("aux_head", aux_head), ("full_resolution", full_resolution)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"`{name}` must be True or False, got {flag!r}.")
+        check_flags(aux_head=aux_head, full_resolution=full_resolution)
         self.in_channels, self.out_channels, self.features = in_channels, out_channels, feats
         self.aux_head, self.full_resolution = aux_head, full_resolution
         kw = dict(norm=norm, act=act, norm_groups=norm_groups)
@@ -161,7 +156,7 @@ class PSPNet3D(SegmentationNetwork):
         fused = max(top // 4, 1)
         self.head = nn.Sequential(
             conv_norm_act(self.ppm.out_channels, fused, 3, **kw),
-            nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+            dropout3d(dropout),
             nn.Identity() if full_resolution else nn.Conv3d(fused, out_channels, 1),
         )
         if full_resolution:
@@ -171,7 +166,7 @@ class PSPNet3D(SegmentationNetwork):
             mid = max(mid_in // 4, 1)
             self.aux = nn.Sequential(
                 conv_norm_act(mid_in, mid, 3, **kw),
-                nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+                dropout3d(dropout),
                 nn.Conv3d(mid, out_channels, 1),
             )
         init_weights(self)
