@@ -21,9 +21,9 @@ Modules: ``metrics`` (Dice, surface distances, HD95, the metrics of one case), `
 """
 
 from tumorseg.evaluate.cli import main
-from tumorseg.evaluate.folder import LABEL_CHOICES, EvaluationError, EvaluationResult, evaluate_folder
+from tumorseg.evaluate.folder import LABEL_CHOICES, EvaluationError, evaluate_folder
 from tumorseg.evaluate.metrics import HD95_EMPTY, METRICS, dice_from_counts, hd95, region_metrics, surface_distances
-from tumorseg.evaluate.reports import COLUMNS, print_result, summarise, write_csv, write_json
+from tumorseg.evaluate.reports import COLUMNS, EvaluationResult, print_result, summarise, write_csv, write_json
 
 __all__ = [
     "COLUMNS",

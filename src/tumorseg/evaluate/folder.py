@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tumorseg.data.layouts import DatasetError, discover
 from tumorseg.evaluate.metrics import region_metrics
-from tumorseg.evaluate.reports import summarise, write_csv, write_json
+from tumorseg.evaluate.reports import EvaluationResult, summarise, write_csv, write_json
 from tumorseg.io import NiftiError, read_label, spacing
 from tumorseg.labels import CONVENTIONS, REGIONS, to_internal, unexpected_values
 
@@ -38,45 +38,6 @@ _IGNORED_SUFFIXES = ("_probabilities",)
 
 class EvaluationError(ValueError):
     """The inputs cannot be evaluated at all (missing folder, no label files, unknown convention)."""
-
-
-@dataclass
-class EvaluationResult:
-    """What ``evaluate_folder`` found.
-
-    Attributes:
-        rows: One dict per evaluated case and region with the keys of ``COLUMNS``, sorted by case
-            id then in ``REGIONS`` order; NaN where a metric is undefined.
-        summary: region -> metric -> ``{"mean", "median", "std"}`` over the cases, NaNs ignored
-            (NaN when no case has a value); std is the population standard deviation.
-        missing: Case id -> why it has no counterpart (a prediction without reference or a
-            reference without prediction).
-        errors: Case id -> why the case could not be evaluated (unreadable file, shape mismatch,
-            label values outside the convention...).
-        labels: The label convention the prediction files were read with.
-        labels_reason: How that convention was chosen, for the user.
-        csv_path: The CSV written, or None.
-        json_path: The JSON written, or None.
-    """
-
-    rows: list[dict[str, Any]]
-    summary: dict[str, dict[str, dict[str, float]]]
-    missing: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    labels: str = ""
-    labels_reason: str = ""
-    csv_path: Path | None = None
-    json_path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when every case had a counterpart and was evaluated."""
-        return not self.missing and not self.errors
-
-    @property
-    def case_ids(self) -> list[str]:
-        """The evaluated cases, sorted."""
-        return sorted({row["case_id"] for row in self.rows})
 
 
 # ------------------------------------------------------------------------------------------- reading

@@ -7,7 +7,9 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -18,10 +20,46 @@ from tumorseg.evaluate.metrics import METRICS
 from tumorseg.io import atomic_write
 from tumorseg.labels import REGION_NAMES, REGIONS
 
-if TYPE_CHECKING:
-    from tumorseg.evaluate.folder import EvaluationResult
-
 COLUMNS = ("case_id", "region", *METRICS)
+
+
+@dataclass
+class EvaluationResult:
+    """What ``evaluate_folder`` found.
+
+    Attributes:
+        rows: One dict per evaluated case and region with the keys of ``COLUMNS``, sorted by case
+            id then in ``REGIONS`` order; NaN where a metric is undefined.
+        summary: region -> metric -> ``{"mean", "median", "std"}`` over the cases, NaNs ignored
+            (NaN when no case has a value); std is the population standard deviation.
+        missing: Case id -> why it has no counterpart (a prediction without reference or a
+            reference without prediction).
+        errors: Case id -> why the case could not be evaluated (unreadable file, shape mismatch,
+            label values outside the convention...).
+        labels: The label convention the prediction files were read with.
+        labels_reason: How that convention was chosen, for the user.
+        csv_path: The CSV written, or None.
+        json_path: The JSON written, or None.
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, dict[str, dict[str, float]]]
+    missing: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    labels: str = ""
+    labels_reason: str = ""
+    csv_path: Path | None = None
+    json_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every case had a counterpart and was evaluated."""
+        return not self.missing and not self.errors
+
+    @property
+    def case_ids(self) -> list[str]:
+        """The evaluated cases, sorted."""
+        return sorted({row["case_id"] for row in self.rows})
 
 
 def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
