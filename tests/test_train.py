@@ -33,7 +33,10 @@ from tumorseg.training.train import (
 )
 
 register_resolvers()
-GROUPS = ["model", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search", "debug"]
+GROUPS = [
+    "model", "loss", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search",
+    "debug",
+]  # fmt: skip
 
 
 def options(group: str) -> list[str]:
@@ -113,6 +116,7 @@ def test_scaled_paper_experiment_keeps_the_published_protocol(tmp_path, net):
     assert list(scaled.data.patch_size) == list(scaled.model.inference.roi_size) == [edge, edge, 64]
     assert scaled.model.optimizer.lr == 1e-3  # the published 1e-4 (LinkNet: 1e-5) scaled to ~1/50 of the steps
     assert scaled.model.network.preset == "light" and scaled.trainer.max_epochs == 40
+
 
 def test_monitored_metric_is_named_once(tmp_path):
     cfg = make_cfg(["monitor.metric=val/dice_wt"], tmp_path)
