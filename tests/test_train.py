@@ -33,7 +33,10 @@ from tumorseg.training.train import (
 )
 
 register_resolvers()
-GROUPS = ["model", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search", "debug"]
+GROUPS = [
+    "model", "loss", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search",
+    "debug",
+]  # fmt: skip
 
 
 def options(group: str) -> list[str]:

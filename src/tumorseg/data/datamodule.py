@@ -30,6 +30,7 @@ from tumorseg.data.cache import Cache, CacheEntry, PreprocessConfig, build_cache
 from tumorseg.data.check import format_problems
 from tumorseg.data.layouts import DatasetError, discover
 from tumorseg.io import cache_root
+from tumorseg.sizes import DEFAULT_PATCH_SIZE, size3
 
 PAPER_TRAIN_CASES = 250  # the paper trained on the first 250 BraTS 2020 training cases
 
@@ -202,7 +203,7 @@ class PatchStream(IterableDataset):
         self,
         entries: list[CacheEntry],
         *,
-        patch_size: int | tuple[int, int, int],
+        patch_size: int | Sequence[int],
         batch_size: int,
         samples_per_volume: int,
         queue_length: int,
@@ -214,8 +215,8 @@ class PatchStream(IterableDataset):
         seed: int = 0,
         epoch_fn: Callable[[], int] | None = None,
     ):
-        shape = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(patch_size)
-        self.subjects = tio.SubjectsDataset([make_subject(e, shape) for e in entries])
+        patch_size = size3(patch_size, "patch_size")
+        self.subjects = tio.SubjectsDataset([make_subject(e, patch_size) for e in entries])
         self.shards = CaseShardSampler(len(entries), num_replicas, rank, shuffle=True, seed=seed)
         self.patch_size, self.batch_size = patch_size, batch_size
         self.samples_per_volume, self.queue_length, self.num_workers = samples_per_volume, queue_length, num_workers
@@ -312,7 +313,7 @@ class BratsDataModule(pl.LightningDataModule):
         fold: int = 0,
         num_folds: int = 5,
         seed: int = 42,
-        patch_size: int | Sequence[int] = 128,
+        patch_size: int | Sequence[int] = DEFAULT_PATCH_SIZE,
         batch_size: int = 2,
         samples_per_volume: int = 4,
         queue_length: int = 24,
@@ -329,10 +330,8 @@ class BratsDataModule(pl.LightningDataModule):
             raise ValueError(f"`split` must be 'kfold' or 'paper' (or give `split_file`), got {split!r}.")
         if sampler not in ("tumour", "uniform"):
             raise ValueError(f"`sampler` must be 'tumour' or 'uniform', got {sampler!r}.")
-        patch = (patch_size,) * 3 if isinstance(patch_size, int) and not isinstance(patch_size, bool) else patch_size
-        patch = tuple(patch) if isinstance(patch, (list, tuple)) else ()
-        if len(patch) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in patch):
-            raise ValueError(f"`patch_size` must be a positive integer or three of them (x, y, z), got {patch_size!r}.")
+        # a cube's edge, or (x, y, z): the paper trained on whole resized volumes such as 224x224x64
+        self.patch_size = size3(patch_size, "patch_size")
         for name, value in (("batch_size", batch_size), ("samples_per_volume", samples_per_volume),
                             ("queue_length", queue_length)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -343,8 +342,6 @@ class BratsDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(self.root)
         self.layout, self.split_name, self.split_file = layout, split, split_file
         self.fold, self.num_folds, self.seed = fold, num_folds, seed
-        # a cube's edge, or (x, y, z): the paper trained on whole resized volumes such as 224x224x64
-        self.patch_size = patch_size if isinstance(patch_size, int) else patch
         self.batch_size = batch_size
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
         self.num_workers, self.val_workers = num_workers, val_workers

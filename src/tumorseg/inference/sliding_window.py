@@ -16,6 +16,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from tumorseg.sizes import DEFAULT_PATCH_SIZE, size3
+
 MIRROR_AXES = (2, 3, 4)
 
 
@@ -34,7 +36,7 @@ class InferenceConfig:
             Defaults to False.
     """
 
-    roi_size: int | tuple[int, int, int] = 128
+    roi_size: int | tuple[int, int, int] = DEFAULT_PATCH_SIZE
     overlap: float = 0.5
     sw_batch_size: int = 2
     mode: str = "gaussian"
@@ -42,10 +44,7 @@ class InferenceConfig:
     bf16: bool = False
 
     def __post_init__(self):
-        roi = (self.roi_size,) * 3 if isinstance(self.roi_size, int) else tuple(self.roi_size)
-        if len(roi) != 3 or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
-            raise ValueError(f"`roi_size` must be a positive integer or three of them, got {self.roi_size!r}.")
-        object.__setattr__(self, "roi_size", roi)
+        object.__setattr__(self, "roi_size", size3(self.roi_size, "roi_size"))
         if not 0 <= self.overlap < 1:
             raise ValueError(f"`overlap` must lie in [0, 1), got {self.overlap!r}.")
         if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tumorseg.labels import MODALITIES, REGION_NAMES, REGIONS
+from tumorseg.sizes import AUTO, auto_counts, auto_patch_edge, format_size, size3
 from tumorseg.training.callbacks import AtomicCheckpointIO
 from tumorseg.training.module import NonFiniteLossError, SegmentationModule
 
@@ -146,35 +147,25 @@ def check_sizes(model: SegmentationModule, datamodule: pl.LightningDataModule) -
     """Patches and inference windows must be large enough for the network's stride."""
     least = model.net.min_input_size
     name = model.hparams.network["name"]
-    patch = getattr(datamodule, "patch_size", None)
-    sizes = (patch,) * 3 if isinstance(patch, int) else tuple(patch or ())
-    if sizes and min(sizes) < least:
-        raise ValueError(
-            f"data.patch_size={patch} is too small for {name}, which needs at least {least} voxels per axis; "
-            f"pass a data.patch_size of at least {least} along every axis."
-        )
-    roi = model.inference_config.roi_size
-    if min(roi) < least:
-        raise ValueError(
-            f"inference.roi_size={list(roi)} is too small for {name}, which needs at least {least} voxels "
-            f"per axis; pass inference.roi_size={least} (or larger)."
-        )
-
-
-AUTO_PATCH_FLOOR = 32
-AUTO_SAMPLES_SPAN = 128
-AUTO_BATCH_SPAN = 64
+    windows = (
+        ("data.patch_size", getattr(datamodule, "patch_size", None)),
+        ("inference.roi_size", model.inference_config.roi_size),
+    )
+    for option, value in windows:
+        size = size3(value, option) if value is not None else None
+        if size is not None and min(size) < least:
+            raise ValueError(
+                f"{option}={format_size(size)} is too small for {name}, which needs at least {least} voxels per "
+                f"axis; pass {option}={least} (or larger) along every axis."
+            )
 
 
 def resolve_auto_sizes(cfg: DictConfig) -> None:
-    """``data.patch_size=auto``: the network's smallest input, but at least 32 voxels per axis
-    (AR-UNet and PSPNet: 32, LinkNet: 64), so that ``model=`` alone picks a patch that suits it.
-    ``data.samples_per_volume=auto``: 128 // the patch's longest edge (4 patches of 32^3, 2 of 64^3,
-    1 of 128^3), and ``data.batch_size=auto``: 64 // that edge, at least 1 (2 patches of 32^3, 1 of
-    64^3): a larger patch already covers more of each case, so every network takes the same number
-    of optimizer steps per epoch, each on more voxels. They are written into ``cfg`` before
-    anything is built, so the run's config holds the numbers."""
-    if str(cfg.data.get("patch_size")) == "auto":
+    """``data.patch_size=auto``: the network's smallest input, at least 32 voxels per axis
+    (``tumorseg.sizes.auto_patch_edge``); ``data.samples_per_volume=auto`` and ``data.batch_size=auto``:
+    128 and 64 // the patch's longest edge (``tumorseg.sizes.auto_counts``). They are written into
+    ``cfg`` before anything is built, so the run's config holds the numbers."""
+    if str(cfg.data.get("patch_size")) == AUTO:
         from tumorseg.inference.schemes import out_channels
         from tumorseg.models import build_model
 
@@ -182,15 +173,15 @@ def resolve_auto_sizes(cfg: DictConfig) -> None:
         name, preset = args.pop("name"), args.pop("preset", "light")
         with torch.device("meta"):  # sizes only: no memory, no initialisation cost, whatever the preset
             net = build_model(name, preset, out_channels=out_channels(cfg.model.labels), **args)
-        cfg.data.patch_size = max(AUTO_PATCH_FLOOR, net.min_input_size)
-    if "auto" not in (str(cfg.data.get("samples_per_volume")), str(cfg.data.get("batch_size"))):
+        cfg.data.patch_size = auto_patch_edge(net.min_input_size)
+    samples, batch = str(cfg.data.get("samples_per_volume")), str(cfg.data.get("batch_size"))
+    if AUTO not in (samples, batch):
         return
-    patch = cfg.data.patch_size
-    edge = max(patch) if OmegaConf.is_list(patch) or isinstance(patch, (list, tuple)) else int(patch)
-    if str(cfg.data.get("samples_per_volume")) == "auto":
-        cfg.data.samples_per_volume = max(1, AUTO_SAMPLES_SPAN // edge)
-    if str(cfg.data.get("batch_size")) == "auto":
-        cfg.data.batch_size = max(1, AUTO_BATCH_SPAN // edge)
+    auto_samples, auto_batch = auto_counts(cfg.data.patch_size, "data.patch_size")
+    if samples == AUTO:
+        cfg.data.samples_per_volume = auto_samples
+    if batch == AUTO:
+        cfg.data.batch_size = auto_batch
 
 
 def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, SegmentationModule]:
