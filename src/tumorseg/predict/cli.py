@@ -164,7 +164,7 @@ def build_predictor(cfg) -> Predictor:
     if not specs:
         raise PredictionError("Give `ckpt_path=PATH` (or a URL, or a list [A,B,C] for an ensemble).")
     return Predictor.from_checkpoints(
-        specs, _as_list(cfg.get("ckpt_sha256")), progress=cfg.progress, overlap=cfg.overlap,
+        specs, _as_list(cfg.get("ckpt_sha256")), progress=cfg.progress, allow_http=cfg.allow_http, overlap=cfg.overlap,
         sw_batch_size=cfg.sw_batch_size, mirror=cfg.mirror, et_min_voxels=cfg.et_min_voxels, bf16=cfg.bf16,
         device=cfg.device,
     )  # fmt: skip

@@ -208,10 +208,12 @@ class Predictor:
         sha256: Sequence[str | None] | None = None,
         *,
         progress: bool = True,
+        allow_http: bool = False,
         **settings,
     ) -> Predictor:
-        """A predictor of the checkpoints ``specs`` (paths or URLs, downloaded once and verified
-        against ``sha256``, one digest per checkpoint); ``settings`` as for the constructor."""
+        """A predictor of the checkpoints ``specs`` (paths or https URLs, plain http too with
+        ``allow_http``, downloaded once and verified against ``sha256``, one digest per checkpoint);
+        ``settings`` as for the constructor."""
         from tumorseg.predict.checkpoints import checkpoint_summary, load_checkpoint, load_model, resolve_checkpoint
 
         specs = list(specs)
@@ -220,7 +222,7 @@ class Predictor:
             raise PredictionError(
                 f"ckpt_sha256 has {len(digests)} digest(s) for {len(specs)} checkpoint(s); give one per checkpoint."
             )
-        paths = [resolve_checkpoint(s, d, progress=progress) for s, d in zip(specs, digests)]
+        paths = [resolve_checkpoint(s, d, progress=progress, allow_http=allow_http) for s, d in zip(specs, digests)]
         models = []
         for path in paths:
             summary = checkpoint_summary(load_checkpoint(path))

@@ -232,7 +232,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        # explicit: torch.load's own default is weights_only=True only from torch 2.6
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     finally:
         finish_wandb(trainer)
 
