@@ -257,7 +257,7 @@ def _fetch(url: str, target: Path, expected: str | None, **download) -> None:
 
 
 class _RedirectsKeepTLS(urllib.request.HTTPRedirectHandler):
-    """Follows redirects, but not from https (or at all, without ``allow_http``) to plain http."""
+    """Follows redirects to https URLs, and to plain http ones only with ``allow_http``."""
 
     def __init__(self, allow_http: bool):
         self.allow_http = allow_http
