@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +23,7 @@ from tumorseg.data.layouts import discover, load_case
 from tumorseg.data.synthetic import generate_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +118,66 @@ def test_a_killed_build_is_never_trusted(phantoms, tmp_path, monkeypatch):
     cache = build_cache(discovery, tmp_path, progress=False)
     assert cache.built == 3 and not cache.problems
     assert json.loads((settings_dir / case.case_id / "meta.json").read_text())["case_id"] == case.case_id
+
+
+STALLED_BUILD = """
+import sys, time
+import numpy as np
+from tumorseg.data import cache
+from tumorseg.data.layouts import discover
+
+real_save = np.save
+saved = []
+
+
+def save(path, array):  # stalls in the second case's label, its image already on disk, to be killed there
+    real_save(path, array)
+    saved.append(path)
+    if len(saved) == 5:
+        print("mid-build", flush=True)
+        time.sleep(600)
+
+
+cache.np.save = save
+cache.build_cache(discover(sys.argv[1]), sys.argv[2], progress=False)
+"""
+
+
+def entry_files(cache) -> dict[str, bytes]:
+    return {f"{e.case_id}/{p.name}": p.read_bytes() for e in cache.entries for p in sorted(e.path.iterdir())}
+
+
+def test_sigkill_during_the_build_then_a_rebuild_equals_an_uninterrupted_build(phantoms, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", STALLED_BUILD, str(phantoms), str(killed_dir)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "mid-build", proc.stderr.read() if proc.poll() is not None else line
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    settings_dir = killed_dir / PreprocessConfig().key
+    discovery = discover(phantoms, require_labels=True)
+    first, second, third = discovery.cases
+    assert read_entry(settings_dir, first) is not None  # finished before the kill
+    assert read_entry(settings_dir, second) is None and not (settings_dir / second.case_id).exists()
+    assert [p.name for p in settings_dir.iterdir() if p.name.startswith(f".{second.case_id}.tmp-")]  # its half
+
+    rebuilt = build_cache(discovery, killed_dir, progress=False)
+    assert (rebuilt.built, rebuilt.reused, rebuilt.problems) == (2, 1, [])
+    whole = build_cache(discovery, tmp_path / "whole", progress=False)
+    assert (
+        [e.case_id for e in rebuilt.entries]
+        == [e.case_id for e in whole.entries]
+        == [c.case_id for c in discovery.cases]
+    )
+    assert entry_files(rebuilt) == entry_files(whole)  # arrays and meta.json, byte for byte
 
 
 def _build(root: str, cache_dir: str) -> list[str]:
