@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from brats_fixtures import file_states, write_case, write_dataset
+from brats_fixtures import SharedData, file_states, shared_data, write_case, write_dataset
 
 from tumorseg.data import cache as cache_module
 from tumorseg.data.cache import PreprocessConfig, brain_bbox, build_cache, read_entry, restore_geometry
 from tumorseg.data.layouts import discover, load_case
 from tumorseg.data.synthetic import generate_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -295,14 +294,19 @@ def test_the_papers_preprocessing_flair_slices_and_in_plane_resize(phantoms, tmp
     )
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the real BraTS 2023 exam is not present")
-def test_real_exam_is_cached_in_its_own_voxel_order(tmp_path):
-    discovery = discover(SHARED_DATA / "BraTS-GLI-00001-000")
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> SharedData:
+    return shared_data(tmp_path_factory.mktemp("shared"))
+
+
+def test_the_shared_exam_is_cached_in_its_own_voxel_order(shared, tmp_path):
+    discovery = discover(shared.exam_2023)
     entry = build_cache(discovery, tmp_path, progress=False).entries[0]
     flair = np.asarray(nib.load(discovery.cases[0].images[0]).dataobj).astype(np.float32)
     image, label = entry.load()
-    assert label is None and entry.meta["original_shape"] == [240, 240, 155]
+    assert label is None and entry.meta["original_shape"] == list(shared.shape)
     box = tuple(slice(a, b) for a, b in zip(entry.meta["crop_start"], entry.meta["crop_stop"]))
+    assert entry.shape < shared.shape  # the background around the head was cropped
     stats = entry.meta["normalisation"][0]
     brain = np.any(image != 0, axis=0)
     np.testing.assert_allclose(

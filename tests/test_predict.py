@@ -13,10 +13,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from brats_fixtures import corrupt_file, file_name, write_dataset, write_nifti
+from brats_fixtures import corrupt_file, file_name, shared_data, write_dataset, write_nifti
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF, ROOT
 
+from tumorseg.arrays import bounding_box
 from tumorseg.predict import PredictionError, Predictor, dataset_cases, postprocess, run
 from tumorseg.predict.checkpoints import load_model
 from tumorseg.predict.cli import build_predictor
@@ -24,7 +25,6 @@ from tumorseg.training.module import SegmentationModule
 from tumorseg.training.train import register_resolvers
 
 register_resolvers()
-REAL_CASE = ROOT.parent / "shared" / "data" / "BraTS-GLI-00001-000"
 SHAPE = (20, 18, 16)
 # internal class -> value written, per layout
 WRITTEN = {"brats2020": (0, 1, 2, 4), "brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3), "msd": (0, 2, 1, 3)}
@@ -283,18 +283,22 @@ def test_command_line_exit_status(tmp_path):
     assert done.returncode == 2 and "missing.ckpt" in done.stdout + done.stderr
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="the real BraTS 2023 exam is not present")
-def test_the_real_exam(tmp_path):
+def test_the_shared_exam(tmp_path_factory, tmp_path):
+    shared = shared_data(tmp_path_factory.mktemp("shared"))
     ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
     out = tmp_path / "seg"
-    assert (
-        run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={REAL_CASE}", f"output_dir={out}", "overlap=0.1")) == 0
-    )
-    src = nib.load(REAL_CASE / "BraTS-GLI-00001-000-t2f.nii.gz")
+    cfg = predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={shared.exam_2023}", f"output_dir={out}", "overlap=0.1")
+    assert run(cfg) == 0
+    src = nib.load(shared.exam_2023 / "BraTS-GLI-00001-000-t2f.nii.gz")
     seg = nib.load(out / "BraTS-GLI-00001-000.nii.gz")
-    assert seg.shape == src.shape
+    assert seg.shape == src.shape == shared.shape
     np.testing.assert_allclose(seg.affine, src.affine)
-    assert set(np.unique(np.asarray(seg.dataobj))) == {0, 3}  # ET inside the brain, in 2023 values
+    values = np.asarray(seg.dataobj)
+    assert set(np.unique(values)) == {0, 3}  # ET inside the brain, in 2023 values
+    images = [np.asarray(nib.load(p).dataobj) for p in sorted(shared.exam_2023.glob("*.nii.gz"))]
+    outside = np.ones(values.shape, bool)
+    outside[bounding_box(np.any(np.stack(images) != 0, axis=0))] = False
+    assert values[~outside].all() and not values[outside].any()  # ET over the brain's box, 0 outside
     assert (out / "BraTS-GLI-00001-000.png").stat().st_size > 10_000
 
 
