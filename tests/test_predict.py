@@ -180,12 +180,15 @@ def test_ensemble_averages_probabilities_and_postprocessing(tmp_path):
     everything = stand_in(tmp_path / "a.ckpt", (10.0, 10.0, 10.0))  # ET
     whole_only = stand_in(tmp_path / "b.ckpt", (10.0, -10.0, -10.0))  # ED
     out = tmp_path / "seg"
-    run(predict_cfg(tmp_path, f"ckpt_path=[{everything},{whole_only}]", f"input={data}", f"output_dir={out}"))
+    assert (
+        run(predict_cfg(tmp_path, f"ckpt_path=[{everything},{whole_only}]", f"input={data}", f"output_dir={out}")) == 0
+    )
     values = set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj)))
     assert values == {2}  # TC and ET average to 0.5, not above the 0.5 threshold: edema
 
     out = tmp_path / "post"
-    run(predict_cfg(tmp_path, f"ckpt_path={everything}", f"input={data}", f"output_dir={out}", "et_min_voxels=100000"))
+    cfg = predict_cfg(tmp_path, f"ckpt_path={everything}", f"input={data}", f"output_dir={out}", "et_min_voxels=100000")
+    assert run(cfg) == 0
     assert set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj))) == {1}  # small ET -> NCR
     label = np.array([0, 3, 3, 2])
     assert postprocess(label, 3)[0].tolist() == [0, 1, 1, 2] and postprocess(label, 2)[0].tolist() == [0, 3, 3, 2]
