@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -16,13 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from brats_fixtures import SharedData, file_states, shared_data, write_case, write_dataset
+from faults import sigkill_at
 
 from tumorseg.data import cache as cache_module
 from tumorseg.data.cache import PreprocessConfig, brain_bbox, build_cache, read_entry, restore_geometry
 from tumorseg.data.layouts import discover, load_case
 from tumorseg.data.synthetic import generate_dataset
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
@@ -147,20 +145,8 @@ def entry_files(cache) -> dict[str, bytes]:
 
 
 def test_sigkill_during_the_build_then_a_rebuild_equals_an_uninterrupted_build(phantoms, tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", STALLED_BUILD, str(phantoms), str(killed_dir)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "mid-build", proc.stderr.read() if proc.poll() is not None else line
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_at(STALLED_BUILD, "mid-build", str(phantoms), str(killed_dir))
     settings_dir = killed_dir / PreprocessConfig().key
     discovery = discover(phantoms, require_labels=True)
     first, second, third = discovery.cases

@@ -30,6 +30,21 @@ SHAPE = (20, 18, 16)
 WRITTEN = {"brats2020": (0, 1, 2, 4), "brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3), "msd": (0, 2, 1, 3)}
 
 
+def save_checkpoint(model: SegmentationModule, path: Path) -> Path:
+    """``model`` saved as training saves it: weights and the hyper-parameters that rebuild it."""
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+            "epoch": 0,
+            "global_step": 0,
+        },
+        path,
+    )
+    return path
+
+
 def stand_in(
     path: Path,
     regions: tuple[float, float, float],
@@ -48,17 +63,7 @@ def stand_in(
     with torch.no_grad():
         head.weight.zero_()
         head.bias.copy_(torch.tensor(regions))
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-            "epoch": 0,
-            "global_step": 0,
-        },
-        path,
-    )
-    return path
+    return save_checkpoint(model, path)
 
 
 # A brain box with a different margin on every side of SHAPE, filled with FLAIR levels in a random
@@ -122,17 +127,7 @@ def voxelwise_stand_in(path: Path) -> Path:
         norm.weight[0], norm.bias[0] = 1.0, shift
         conv.weight[:, 0] = gain
         conv.bias.copy_(torch.from_numpy(-gain * (thresholds + shift)))
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-            "epoch": 0,
-            "global_step": 0,
-        },
-        path,
-    )
-    return path
+    return save_checkpoint(model, path)
 
 
 def predict_cfg(tmp_path: Path, *overrides: str):

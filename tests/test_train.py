@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from faults import sigkill_at
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -342,19 +343,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"epoch": 0, "state_dict": {"w": torch.zeros(3)}}, last)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_CHECKPOINT_WRITE, str(last)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "mid-write", proc.stderr.read() if proc.poll() is not None else line
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=60)
-        proc.stdout.close()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_at(SLOW_CHECKPOINT_WRITE, "mid-write", str(last))
     # the killed write left its partial file, under a hidden temporary name nothing looks for
     (partial,) = [p for p in last.parent.iterdir() if p != last]
     assert partial.name.startswith(".last.ckpt.") and ".partial" in partial.name and partial.stat().st_size > 2**20
