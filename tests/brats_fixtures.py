@@ -11,6 +11,10 @@ on ``sys.path``)::
     write_dataset(tmp_path, "brats2020", 3)  # tmp_path/BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz ...
     write_case(tmp_path, "brats2023", "BraTS-GLI-00009-000", missing=("t1ce",), nan_in="t2")
 
+Tests of the real exams in ``../shared/data`` (or ``$TUMORSEG_SHARED_DATA``) take ``shared_data``:
+the real folder where it exists, else a synthetic stand-in in the same layout, so that a clone or
+a source tarball without it still runs their checks.
+
 Every image is an int16 ellipsoidal "brain" on a zero background whose values tell the modality
 apart (``image_data``); every label holds all four classes (``internal_label``) written in the
 layout's own values.
@@ -20,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -253,3 +259,49 @@ def file_states(root: Path) -> dict[Path, tuple[str, int]]:
         for path in sorted(Path(root).rglob("*"))
         if path.is_file()
     }
+
+
+# ------------------------------------------------------------------------------------ shared test data
+
+SHARED_DATA = Path(os.environ.get("TUMORSEG_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+EXAM_2023 = "BraTS-GLI-00001-000"  # no label
+EXAM_2020 = "real2020/BraTS20_Training_990"  # with a label
+REAL_SHAPE = (240, 240, 155)
+STAND_IN_SHAPE = (48, 40, 32)
+
+
+@dataclass(frozen=True)
+class SharedData:
+    """The shared exams: ``root`` holds ``EXAM_2023`` and ``EXAM_2020``; ``real`` tells the real
+    exams from the stand-in."""
+
+    root: Path
+    real: bool
+
+    @property
+    def exam_2023(self) -> Path:
+        return self.root / EXAM_2023
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return REAL_SHAPE if self.real else STAND_IN_SHAPE
+
+
+def shared_data(stand_in_root: Path) -> SharedData:
+    """The real exams of ``SHARED_DATA`` when present; else synthetic phantoms written under
+    ``stand_in_root`` with the same names, layouts, int16 images and LPS 1 mm affine (at
+    ``STAND_IN_SHAPE``), the BraTS 2023 exam without a label as the real one."""
+    if (SHARED_DATA / EXAM_2023).is_dir():
+        return SharedData(SHARED_DATA, True)
+    from tumorseg.data.synthetic import brats_affine, make_phantom
+
+    root = Path(stand_in_root)
+    for index, (folder, layout, roles) in enumerate(
+        [(EXAM_2023, "brats2023", MODALITIES), (EXAM_2020, "brats2020", (*MODALITIES, "label"))], start=1
+    ):
+        images, label = make_phantom(np.random.default_rng([2023, index]), STAND_IN_SHAPE)
+        arrays = {**images, "label": label}
+        for role in roles:
+            path = root / folder / file_name(layout, Path(folder).name, role)
+            write_nifti(path, arrays[role], brats_affine(STAND_IN_SHAPE))
+    return SharedData(root, False)

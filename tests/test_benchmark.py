@@ -66,8 +66,14 @@ def test_step(tmp_path, expected_step_flops, name, patch, modes):
         assert (r["in_channels"], r["out_channels"], r["device"]) == (4, 3, "cpu")
         for key in ("ms", "patches_per_s", "mvox_per_s", "tflop_per_s", "peak_mem_gib", "speedup_vs_fp32"):
             assert math.isfinite(r[key]) and r[key] > 0, key
+        assert (r["steps"], r["warmup"]) == (2, 1) and r["ms_min"] <= r["ms"]
+        # every rate is the step's work over its median time, the speed-up relative to fp32's
         assert r["patches_per_s"] == pytest.approx(1e3 / r["ms"])
+        assert r["mvox_per_s"] == pytest.approx(r["patches_per_s"] * patch**3 / 1e6)
         assert r["tflop_per_step"] * 1e12 == pytest.approx(expected_step_flops[name], rel=1e-9)
+        assert r["tflop_per_s"] == pytest.approx(r["tflop_per_step"] / (r["ms"] / 1e3))
+        assert r["speedup_vs_fp32"] == pytest.approx(records[0]["ms"] / r["ms"])
+        assert 0.05 < r["peak_mem_gib"] < 64  # on the CPU the process's peak RSS: torch itself, a few hundred MiB
     assert records[0]["speedup_vs_fp32"] == 1.0
 
     report = run(str(BENCHMARK), "report", str(tmp_path / "out" / "step.jsonl"), "--peak-tflops", "1")
@@ -98,14 +104,28 @@ def test_data(tmp_path):
     args += " --samples-per-volume 2 --step-model arunet3d --step-preset light --step-mode fp32 --workers 2"
     result = run(str(BENCHMARK), "data", *args.split(), "--device", "cpu", "--jsonl", str(jsonl))
     assert result.returncode == 0, result.stderr
-    records = {(r["measure"], r.get("pipeline")): r for r in map(json.loads, jsonl.read_text().splitlines())}
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    records = {(r["measure"], r.get("pipeline")): r for r in lines}
+    assert len(records) == len(lines) == 8  # one record per measure and pipeline
+    assert {r["measure"] for r in lines} == {
+        "cpu_s_per_patch", "speedup", "cache_build_s_per_case", "augmentation_ms", "step_ms",
+        "augmentation_share_percent", "loader_peak_gib",
+    }  # fmt: skip
+    assert all((r["benchmark"], r["cases"], r["patch"]) == ("data", 2, 16) and not r.get("error") for r in lines)
     naive = records[("cpu_s_per_patch", "naive TorchIO (no RandomBiasField)")]["value"]
     ours = records[("cpu_s_per_patch", "tumorseg cache + queue")]["value"]
     assert naive > 0 and ours > 0
+    assert all(records[("cpu_s_per_patch", p)]["samples_per_volume"] == 2 for _, p in records if p)
     assert records[("speedup", None)]["value"] == pytest.approx(naive / ours)
-    assert records[("augmentation_ms", None)]["value"] > 0 and records[("step_ms", None)]["value"] > 0
+    assert records[("cache_build_s_per_case", None)]["value"] > 0
+    augmentation, step = records[("augmentation_ms", None)]["value"], records[("step_ms", None)]["value"]
+    assert augmentation > 0 and step > 0 and records[("step_ms", None)]["model"] == "arunet3d"
+    assert records[("augmentation_share_percent", None)]["value"] == pytest.approx(100 * augmentation / step)
     memory = records[("loader_peak_gib", None)]
-    assert memory["peak_gib"] >= memory["baseline_gib"] > 0 and memory["patches"] == 4
+    assert memory["peak_gib"] >= memory["baseline_gib"] > 0 and memory["patches"] == 4  # 2 cases x 2 samples
+    assert (memory["workers"], memory["queue_length"]) == (2, 24) and memory["patches_per_s"] > 0
+    # the data bound: the queue's 24 patches (float16 image + uint8 label) and 2 cases per worker
+    assert memory["data_bound_gib"] > 24 * (4 * 2 + 1) * 16**3 / 2**30
     assert "speed-up of the cache over naive" in result.stdout
 
 

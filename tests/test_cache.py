@@ -13,14 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from brats_fixtures import file_states, write_case, write_dataset
+import torch.nn.functional as F
+from brats_fixtures import SharedData, file_states, shared_data, write_case, write_dataset
+from faults import sigkill_at
 
 from tumorseg.data import cache as cache_module
 from tumorseg.data.cache import PreprocessConfig, brain_bbox, build_cache, read_entry, restore_geometry
 from tumorseg.data.layouts import discover, load_case
 from tumorseg.data.synthetic import generate_dataset
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,7 @@ def phantoms(tmp_path_factory) -> Path:
 
 def test_crop_normalise_and_exact_inverse(phantoms, tmp_path):
     discovery = discover(phantoms, require_labels=True)
+    assert_tumour_of_every_class(load_case(case).label for case in discovery.cases)
     before = file_states(phantoms)
     cache = build_cache(discovery, tmp_path, progress=False)
     assert (cache.built, cache.reused, cache.problems) == (3, 0, [])
@@ -116,6 +117,54 @@ def test_a_killed_build_is_never_trusted(phantoms, tmp_path, monkeypatch):
     assert json.loads((settings_dir / case.case_id / "meta.json").read_text())["case_id"] == case.case_id
 
 
+STALLED_BUILD = """
+import sys, time
+import numpy as np
+from tumorseg.data import cache
+from tumorseg.data.layouts import discover
+
+real_save = np.save
+saved = []
+
+
+def save(path, array):  # stalls in the second case's label, its image already on disk, to be killed there
+    real_save(path, array)
+    saved.append(path)
+    if len(saved) == 5:
+        print("mid-build", flush=True)
+        time.sleep(600)
+
+
+cache.np.save = save
+cache.build_cache(discover(sys.argv[1]), sys.argv[2], progress=False)
+"""
+
+
+def entry_files(cache) -> dict[str, bytes]:
+    return {f"{e.case_id}/{p.name}": p.read_bytes() for e in cache.entries for p in sorted(e.path.iterdir())}
+
+
+def test_sigkill_during_the_build_then_a_rebuild_equals_an_uninterrupted_build(phantoms, tmp_path):
+    killed_dir = tmp_path / "killed"
+    sigkill_at(STALLED_BUILD, "mid-build", str(phantoms), str(killed_dir))
+    settings_dir = killed_dir / PreprocessConfig().key
+    discovery = discover(phantoms, require_labels=True)
+    first, second, third = discovery.cases
+    assert read_entry(settings_dir, first) is not None  # finished before the kill
+    assert read_entry(settings_dir, second) is None and not (settings_dir / second.case_id).exists()
+    assert [p.name for p in settings_dir.iterdir() if p.name.startswith(f".{second.case_id}.tmp-")]  # its half
+
+    rebuilt = build_cache(discovery, killed_dir, progress=False)
+    assert (rebuilt.built, rebuilt.reused, rebuilt.problems) == (2, 1, [])
+    whole = build_cache(discovery, tmp_path / "whole", progress=False)
+    assert (
+        [e.case_id for e in rebuilt.entries]
+        == [e.case_id for e in whole.entries]
+        == [c.case_id for c in discovery.cases]
+    )
+    assert entry_files(rebuilt) == entry_files(whole)  # arrays and meta.json, byte for byte
+
+
 def _build(root: str, cache_dir: str) -> list[str]:
     return [e.case_id for e in build_cache(discover(root), cache_dir, progress=False).entries]
 
@@ -129,17 +178,43 @@ def test_concurrent_builders_agree(phantoms, tmp_path):
     assert build_cache(discover(phantoms), tmp_path, progress=False).built == 0
 
 
+def nearest(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of ``n_out`` voxels resampled from ``n_in`` by nearest neighbour along one
+    axis (torch's "nearest-exact": the voxel whose extent holds the new voxel's centre)."""
+    index = torch.arange(n_in, dtype=torch.float32)[None, None, :, None, None]
+    return F.interpolate(index, size=(n_out, 1, 1), mode="nearest-exact")[0, 0, :, 0, 0].long().numpy()
+
+
+def assert_tumour_of_every_class(labels) -> None:
+    for label in labels:
+        assert set(np.unique(label)) == {0, 1, 2, 3}, "the phantom lacks a tumour class: the test could not fail"
+
+
 def test_resampling_is_inverted_to_the_source_grid(phantoms, tmp_path):
     discovery = discover(phantoms, require_labels=True)
-    cache = build_cache(discovery, tmp_path, PreprocessConfig(spacing=(2.0, 2.0, 2.0)), progress=False)
-    entry = cache.entries[0]
-    image, label = entry.load()
-    cropped = entry.meta["cropped_shape"]
-    assert list(image.shape[1:]) == [round(n / 2) for n in cropped] and entry.meta["stored_spacing"] == [2.0] * 3
-    restored = restore_geometry(label, entry.meta, label=True)
-    original = load_case(discovery.cases[0]).label
-    assert restored.shape == original.shape and set(np.unique(restored)) <= set(np.unique(original))
-    assert (restored == original).mean() > 0.95
+    originals = [load_case(case).label for case in discovery.cases]
+    assert_tumour_of_every_class(originals)
+    # a finer grid (non-integer ratios too) loses nothing: the label comes back voxel for voxel
+    fine = build_cache(discovery, tmp_path, PreprocessConfig(spacing=(0.6, 0.8, 0.7)), progress=False)
+    for entry, original in zip(fine.entries, originals):
+        _, label = entry.load()
+        assert label.shape != tuple(entry.meta["cropped_shape"])
+        np.testing.assert_array_equal(restore_geometry(label, entry.meta, label=True), original)
+
+    # a coarser grid keeps one voxel in eight; each restored voxel is exactly the source voxel that
+    # nearest-neighbour resampling down then up picks, and zero outside the crop box
+    coarse = build_cache(discovery, tmp_path, PreprocessConfig(spacing=(2.0, 2.0, 2.0)), progress=False)
+    for entry, original in zip(coarse.entries, originals):
+        _, label = entry.load()
+        cropped, stored = entry.meta["cropped_shape"], entry.meta["stored_shape"]
+        assert (
+            list(label.shape) == stored == [round(n / 2) for n in cropped] and entry.meta["stored_spacing"] == [2.0] * 3
+        )
+        start, stop = entry.meta["crop_start"], entry.meta["crop_stop"]
+        picks = [a + nearest(c, s)[nearest(s, c)] for a, c, s in zip(start, cropped, stored)]
+        expected = np.zeros_like(original)
+        expected[tuple(slice(a, b) for a, b in zip(start, stop))] = original[np.ix_(*picks)]
+        np.testing.assert_array_equal(restore_geometry(label, entry.meta, label=True), expected)
 
 
 def test_cases_with_problems_are_left_out_and_named(tmp_path):
@@ -172,6 +247,7 @@ def test_the_papers_preprocessing_flair_slices_and_in_plane_resize(phantoms, tmp
     # the paper: FLAIR only, axial slices 40-103 of 155, whole slices resized in-plane; here scaled down
     config = PreprocessConfig(modalities=["flair"], slices=(8, 24), in_plane=(16, 20), crop=False)
     discovery = discover(phantoms, require_labels=True)
+    assert_tumour_of_every_class(load_case(case).label[:, :, 8:24] for case in discovery.cases)
     cache = build_cache(discovery, tmp_path, config, progress=False)
     assert cache.problems == []
     for case, entry in zip(discovery.cases, cache.entries):
@@ -194,7 +270,8 @@ def test_the_papers_preprocessing_flair_slices_and_in_plane_resize(phantoms, tmp
         restored = restore_geometry(label, entry.meta, label=True)
         assert restored.shape == volume.label.shape
         assert not restored[:, :, :8].any() and not restored[:, :, 24:].any()
-        assert (restored[:, :, 8:24] == volume.label[:, :, 8:24]).mean() > 0.9
+        picks = [nearest(48, 16)[nearest(16, 48)], nearest(40, 20)[nearest(20, 40)], np.arange(8, 24)]
+        np.testing.assert_array_equal(restored[:, :, 8:24], volume.label[np.ix_(*picks)])
     with pytest.raises(ValueError, match="needs 40 axial slices"):
         cache_module.preprocess(load_case(discovery.cases[0]), PreprocessConfig(slices=(0, 40)), "case")
     too_deep = build_cache(discovery, tmp_path / "deep", PreprocessConfig(slices=(0, 40)), progress=False)
@@ -203,14 +280,19 @@ def test_the_papers_preprocessing_flair_slices_and_in_plane_resize(phantoms, tmp
     )
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="the real BraTS 2023 exam is not present")
-def test_real_exam_is_cached_in_its_own_voxel_order(tmp_path):
-    discovery = discover(SHARED_DATA / "BraTS-GLI-00001-000")
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> SharedData:
+    return shared_data(tmp_path_factory.mktemp("shared"))
+
+
+def test_the_shared_exam_is_cached_in_its_own_voxel_order(shared, tmp_path):
+    discovery = discover(shared.exam_2023)
     entry = build_cache(discovery, tmp_path, progress=False).entries[0]
     flair = np.asarray(nib.load(discovery.cases[0].images[0]).dataobj).astype(np.float32)
     image, label = entry.load()
-    assert label is None and entry.meta["original_shape"] == [240, 240, 155]
+    assert label is None and entry.meta["original_shape"] == list(shared.shape)
     box = tuple(slice(a, b) for a, b in zip(entry.meta["crop_start"], entry.meta["crop_stop"]))
+    assert entry.shape < shared.shape  # the background around the head was cropped
     stats = entry.meta["normalisation"][0]
     brain = np.any(image != 0, axis=0)
     np.testing.assert_allclose(

@@ -222,11 +222,14 @@ def test_cli_exit_codes_and_files_left_untouched(tmp_path):
 
 def test_cli_no_labels_and_argument_errors(tmp_path):
     write_case(tmp_path, "brats2023", "BraTS-GLI-00001-000", label=False)
-    assert run_cli(str(tmp_path)).returncode == 1
+    result = run_cli(str(tmp_path))
+    assert result.returncode == 1 and "no label file: expected BraTS-GLI-00001-000-seg.nii.gz" in result.stdout
     result = run_cli(str(tmp_path), "--no-labels", "--workers", "1")
     assert result.returncode == 0 and "1 (0 with a label, 1 without)" in result.stdout
-    assert run_cli(str(tmp_path), "--workers", "0").returncode == 2
-    assert run_cli(str(tmp_path), "--layout", "brats2019").returncode == 2
+    result = run_cli(str(tmp_path), "--workers", "0")
+    assert result.returncode == 2 and "argument --workers: must be at least 1" in result.stderr
+    result = run_cli(str(tmp_path), "--layout", "brats2019")
+    assert result.returncode == 2 and "argument --layout: invalid choice: 'brats2019'" in result.stderr
 
 
 def test_check_dataset_in_parallel_matches_serial(tmp_path):

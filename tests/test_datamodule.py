@@ -164,7 +164,7 @@ def test_dataset_with_problems_is_refused_with_every_problem_named(tmp_path):
     write_case(root, "brats2020", "BraTS20_Training_004", missing=("t1ce",))
     write_case(root, "brats2020", "BraTS20_Training_005", bad_label=7)
     dm = datamodule(root, tmp_path / "cache")
-    with pytest.raises(DatasetError) as err:
+    with pytest.raises(DatasetError, match="BraTS20_Training_004") as err:
         dm.prepare_data()
     assert "BraTS20_Training_004" in str(err.value) and "t1ce" in str(err.value)
     assert "BraTS20_Training_005" in str(err.value) and "7" in str(err.value)

@@ -164,8 +164,9 @@ def test_setup_errors_name_the_run(sweeps, tmp_path, capsys):
     assert "needs two or more" in capsys.readouterr().err
     assert er.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 1
     assert "no such folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         er.parse_args(["x", "--out", "o", "--ensemble", "no-pattern"])
+    assert exit_info.value.code == 2 and "--ensemble: expected NAME=PATTERN" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -10,11 +11,13 @@ import pytest
 from brats_fixtures import (
     KAGGLE_355_LABEL,
     SHAPE,
+    SharedData,
     affine,
     case_id,
     file_name,
     image_data,
     internal_label,
+    shared_data,
     write_case,
     write_dataset,
     write_msd_index,
@@ -32,9 +35,6 @@ from tumorseg.data.layouts import (
     load_case,
 )
 from tumorseg.labels import MODALITIES
-
-REAL_DATA = Path(__file__).parents[2] / "shared" / "data"
-REAL_CASE = REAL_DATA / "BraTS-GLI-00001-000"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -210,7 +210,7 @@ def test_an_unusable_root_names_itself_and_the_known_layouts(tmp_path, name):
         root.write_text("not a folder")
     elif name == "unknown":
         write_nifti(root / "patient1" / "flair.nii.gz", np.zeros(SHAPE, np.int16), affine())
-    with pytest.raises(DatasetError) as error:
+    with pytest.raises(DatasetError, match=re.escape(str(root))) as error:
         discover(root)
     message = str(error.value)
     assert str(root) in message
@@ -234,7 +234,7 @@ def test_an_unusable_root_names_itself_and_the_known_layouts(tmp_path, name):
 )
 def test_load_case_errors_name_the_case_and_the_file(tmp_path, kw, expected):
     write_case(tmp_path, "brats2021", "BraTS2021_00001", **kw)
-    with pytest.raises(CaseError) as error:
+    with pytest.raises(CaseError, match=re.escape(expected)) as error:
         load_case(discover(tmp_path).cases[0])
     assert str(error.value).startswith(f"case BraTS2021_00001: {tmp_path / 'BraTS2021_00001'}")
     assert expected in str(error.value)
@@ -271,11 +271,16 @@ def test_problem_names_the_case_and_the_file():
     assert str(Problem("msg", "BraTS20_Training_001")) == "case BraTS20_Training_001: msg"
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason=f"the real BraTS 2023 exam is not at {REAL_CASE}")
-def test_the_real_brats2023_exam_keeps_its_orientation_and_modality_order():
-    for root in (REAL_CASE.parent, REAL_CASE):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> SharedData:
+    return shared_data(tmp_path_factory.mktemp("shared"))
+
+
+def test_the_shared_brats2023_exam_keeps_its_orientation_and_modality_order(shared):
+    exam = shared.exam_2023
+    for root in (shared.root, exam):
         # the shared folder also holds a BraTS 2020 exam, so the 2023 layout is named there
-        discovery = discover(root, layout="brats2023") if root == REAL_DATA else discover(root)
+        discovery = discover(root, layout="brats2023") if root == shared.root else discover(root)
         assert discovery.layout == "brats2023"
         assert [case.case_id for case in discovery.cases] == ["BraTS-GLI-00001-000"]
         assert all("brats2020 layout" in p.message for p in discovery.problems)
@@ -289,9 +294,10 @@ def test_the_real_brats2023_exam_keeps_its_orientation_and_modality_order():
     ]
     volume, problems = check_case(case)
     assert problems == []
-    assert volume.image.shape == (4, 240, 240, 155) and volume.image.dtype == np.float32
+    assert volume.image.shape == (4, *shared.shape) and volume.image.dtype == np.float32
     assert volume.label is None
-    flair = nib.load(REAL_CASE / "BraTS-GLI-00001-000-t2f.nii.gz")
+    flair = nib.load(exam / "BraTS-GLI-00001-000-t2f.nii.gz")
+    assert flair.get_data_dtype() == np.int16
     np.testing.assert_array_equal(volume.affine, flair.affine)
     assert nib.aff2axcodes(volume.affine) == ("L", "P", "S")
     assert volume.spacing == (1.0, 1.0, 1.0)
@@ -301,5 +307,5 @@ def test_the_real_brats2023_exam_keeps_its_orientation_and_modality_order():
 def test_case_is_a_frozen_value():
     case = Case("BRATS_001", "msd", (Path("imagesTr/BRATS_001.nii.gz"),), None)
     assert case == Case("BRATS_001", "msd", (Path("imagesTr/BRATS_001.nii.gz"),), None)
-    with pytest.raises(AttributeError):
+    with pytest.raises(AttributeError, match="label"):
         case.label = Path("labelsTr/BRATS_001.nii.gz")

@@ -297,12 +297,12 @@ def test_help_and_usage_errors(capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     assert "--out" in usage and "--source" not in usage and "--reference {paper}" in usage
-    for argv in (
-        [],
-        ["run"],
-        ["run", "--out", "x", "--source", "csv"],
-        ["run", "--out", "x", "--reference", "x"],
+    for argv, message in (
+        ([], "required: RUN_DIR, --out"),
+        (["run"], "required: --out"),
+        (["run", "--out", "x", "--source", "csv"], "unrecognized arguments: --source csv"),
+        (["run", "--out", "x", "--reference", "x"], "--reference: invalid choice: 'x'"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
-        assert exit_info.value.code == 2
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -13,10 +13,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from brats_fixtures import corrupt_file, write_dataset
+from brats_fixtures import corrupt_file, file_name, shared_data, write_dataset, write_nifti
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF, ROOT
 
+from tumorseg.arrays import bounding_box
 from tumorseg.predict import PredictionError, Predictor, dataset_cases, postprocess, run
 from tumorseg.predict.checkpoints import load_model
 from tumorseg.predict.cli import build_predictor
@@ -24,10 +25,24 @@ from tumorseg.training.module import SegmentationModule
 from tumorseg.training.train import register_resolvers
 
 register_resolvers()
-REAL_CASE = ROOT.parent / "shared" / "data" / "BraTS-GLI-00001-000"
 SHAPE = (20, 18, 16)
 # internal class -> value written, per layout
 WRITTEN = {"brats2020": (0, 1, 2, 4), "brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3), "msd": (0, 2, 1, 3)}
+
+
+def save_checkpoint(model: SegmentationModule, path: Path) -> Path:
+    """``model`` saved as training saves it: weights and the hyper-parameters that rebuild it."""
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+            "epoch": 0,
+            "global_step": 0,
+        },
+        path,
+    )
+    return path
 
 
 def stand_in(
@@ -48,17 +63,71 @@ def stand_in(
     with torch.no_grad():
         head.weight.zero_()
         head.bias.copy_(torch.tensor(regions))
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__,
-            "epoch": 0,
-            "global_step": 0,
-        },
-        path,
+    return save_checkpoint(model, path)
+
+
+# A brain box with a different margin on every side of SHAPE, filled with FLAIR levels in a random
+# (so asymmetric along every axis) order: a flipped, transposed or shifted un-crop moves them.
+BRAIN = (slice(1, 18), slice(3, 17), slice(2, 15))
+LEVELS = np.array([100, 200, 300, 400])  # FLAIR of: healthy brain, edema, necrosis, enhancing tumour
+LEVEL_CLASS = np.array([0, 2, 1, 3])  # the internal class of each level
+
+
+def level_map(seed: int) -> np.ndarray:
+    """Index into LEVELS of every voxel, -1 outside the brain; each level on a quarter of the brain."""
+    levels = np.full(SHAPE, -1)
+    size = levels[BRAIN].size
+    levels[BRAIN] = np.random.default_rng(seed).permutation(np.arange(size) % 4).reshape(levels[BRAIN].shape)
+    return levels
+
+
+def write_pattern(data: Path, layout: str, case_id: str, seed: int) -> np.ndarray:
+    """Rewrite the images of a ``write_dataset`` case: FLAIR levels of ``level_map(seed)``, the other
+    modalities noise, all zero outside BRAIN. Returns the label the voxelwise stand-in must predict."""
+    levels = level_map(seed)
+    inside = levels >= 0
+    rng = np.random.default_rng(seed)
+    images = [np.where(inside, LEVELS[levels], 0)]
+    images += [np.where(inside, 100 * (i + 2) + rng.integers(0, 50, SHAPE), 0) for i in range(3)]
+    if layout == "msd":
+        path = data / "imagesTr" / f"{case_id}.nii.gz"
+        arrays = {path: np.stack(images, axis=-1).astype(np.float32)}
+    else:
+        arrays = {
+            data / case_id / file_name(layout, case_id, m): image.astype(np.int16)
+            for m, image in zip(("flair", "t1", "t1ce", "t2"), images)
+        }
+    for path, array in arrays.items():
+        write_nifti(path, array, nib.load(path).affine)
+    return np.where(inside, LEVEL_CLASS[levels], 0).astype(np.uint8)
+
+
+def voxelwise_stand_in(path: Path) -> Path:
+    """A checkpoint whose network thresholds the z-scored FLAIR of each voxel, alone, at the midpoints
+    between the z-scores of LEVELS: its output is the LEVEL_CLASS of each voxel's level, wherever it is.
+
+    An AR-UNet with every weight zero but the path stem -> finest skip -> last decoder shortcut ->
+    head, each passing FLAIR on unchanged (batch norm in eval mode, at its initial running statistics).
+    """
+    model = SegmentationModule(
+        {"name": "arunet3d", "features": [4, 8, 16], "norm": "batch"}, inference={"roi_size": 16, "sw_batch_size": 2}
     )
-    return path
+    net = model.net
+    values = LEVELS[np.arange(level_map(0)[BRAIN].size) % 4].astype(np.float64)
+    z = (LEVELS - values.mean()) / values.std()
+    thresholds = (z[:-1] + z[1:]) / 2  # WT above healthy brain, TC above edema, ET above necrosis
+    shift, gain = 5.0, 20.0  # the head's norm shifts the z-scores above 0, for its ReLU
+    with torch.no_grad():
+        for tensor in net.parameters():
+            tensor.zero_()
+        net.stem.weight[0, 0, 1, 1, 1] = 1.0  # FLAIR, the centre tap only
+        net.gates[-1].psi.bias.zero_()  # attention 0.5 on the finest skip...
+        net.decoder[-1].shortcut.weight[0, 0] = 2.0  # ...made up for here
+        norm, conv = net.head[0], net.head[2]
+        norm.weight[0], norm.bias[0] = 1.0, shift
+        conv.weight[:, 0] = gain
+        conv.bias.copy_(torch.from_numpy(-gain * (thresholds + shift)))
+    return save_checkpoint(model, path)
 
 
 def predict_cfg(tmp_path: Path, *overrides: str):
@@ -70,8 +139,10 @@ def predict_cfg(tmp_path: Path, *overrides: str):
 @pytest.mark.parametrize("layout", ["brats2020", "brats2021", "brats2023", "msd"])
 def test_geometry_and_label_convention_of_each_layout(tmp_path, layout):
     data = tmp_path / "data"
-    ids = write_dataset(data, layout, 2, shape=SHAPE, spacing=(1.0, 1.2, 1.5))
-    ckpt = stand_in(tmp_path / "ncr.ckpt", (10.0, 10.0, -10.0))  # WT and TC, no ET: necrosis
+    spacing = (1.0, 1.2, 1.5)
+    ids = write_dataset(data, layout, 2, shape=SHAPE, spacing=spacing)
+    expected = {case_id: write_pattern(data, layout, case_id, seed) for seed, case_id in enumerate(ids)}
+    ckpt = voxelwise_stand_in(tmp_path / "voxelwise.ckpt")
     out = tmp_path / "seg"
     status = run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", "evaluate=false"))
     assert status == 0
@@ -84,13 +155,18 @@ def test_geometry_and_label_convention_of_each_layout(tmp_path, layout):
         assert seg.shape == src.shape[:3] and seg.get_data_dtype() == np.uint8
         np.testing.assert_allclose(seg.affine, src.affine)
         assert seg.header.get_zooms()[:3] == pytest.approx(src.header.get_zooms()[:3])
-        values = np.unique(np.asarray(seg.dataobj))
-        assert set(values) == {WRITTEN[layout][1]}  # NCR over the brain's box, the whole volume here
+        # voxel for voxel the class of the FLAIR level there, in the layout's values, and 0 outside the brain
+        assert set(np.unique(expected[case_id])) == {0, 1, 2, 3}
+        np.testing.assert_array_equal(np.asarray(seg.dataobj), np.asarray(WRITTEN[layout])[expected[case_id]])
         assert (out / f"{case_id}.png").stat().st_size > 5_000
     with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["case_id"] for r in rows] == ids
-    assert all(float(r["wt_cm3"]) == float(r["tc_cm3"]) > 0 and float(r["et_cm3"]) == 0 for r in rows)
+    voxel_cm3 = np.prod(spacing) / 1000
+    for row in rows:
+        label = expected[row["case_id"]]
+        for region, classes in (("wt", (1, 2, 3)), ("tc", (1, 3)), ("et", (3,))):
+            assert float(row[f"{region}_cm3"]) == pytest.approx(np.isin(label, classes).sum() * voxel_cm3, rel=1e-3)
 
 
 def test_ensemble_averages_probabilities_and_postprocessing(tmp_path):
@@ -99,12 +175,15 @@ def test_ensemble_averages_probabilities_and_postprocessing(tmp_path):
     everything = stand_in(tmp_path / "a.ckpt", (10.0, 10.0, 10.0))  # ET
     whole_only = stand_in(tmp_path / "b.ckpt", (10.0, -10.0, -10.0))  # ED
     out = tmp_path / "seg"
-    run(predict_cfg(tmp_path, f"ckpt_path=[{everything},{whole_only}]", f"input={data}", f"output_dir={out}"))
+    assert (
+        run(predict_cfg(tmp_path, f"ckpt_path=[{everything},{whole_only}]", f"input={data}", f"output_dir={out}")) == 0
+    )
     values = set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj)))
     assert values == {2}  # TC and ET average to 0.5, not above the 0.5 threshold: edema
 
     out = tmp_path / "post"
-    run(predict_cfg(tmp_path, f"ckpt_path={everything}", f"input={data}", f"output_dir={out}", "et_min_voxels=100000"))
+    cfg = predict_cfg(tmp_path, f"ckpt_path={everything}", f"input={data}", f"output_dir={out}", "et_min_voxels=100000")
+    assert run(cfg) == 0
     assert set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj))) == {1}  # small ET -> NCR
     label = np.array([0, 3, 3, 2])
     assert postprocess(label, 3)[0].tolist() == [0, 1, 1, 2] and postprocess(label, 2)[0].tolist() == [0, 3, 3, 2]
@@ -202,18 +281,22 @@ def test_command_line_exit_status(tmp_path):
     assert done.returncode == 2 and "missing.ckpt" in done.stdout + done.stderr
 
 
-@pytest.mark.skipif(not REAL_CASE.is_dir(), reason="the real BraTS 2023 exam is not present")
-def test_the_real_exam(tmp_path):
+def test_the_shared_exam(tmp_path_factory, tmp_path):
+    shared = shared_data(tmp_path_factory.mktemp("shared"))
     ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
     out = tmp_path / "seg"
-    assert (
-        run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={REAL_CASE}", f"output_dir={out}", "overlap=0.1")) == 0
-    )
-    src = nib.load(REAL_CASE / "BraTS-GLI-00001-000-t2f.nii.gz")
+    cfg = predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={shared.exam_2023}", f"output_dir={out}", "overlap=0.1")
+    assert run(cfg) == 0
+    src = nib.load(shared.exam_2023 / "BraTS-GLI-00001-000-t2f.nii.gz")
     seg = nib.load(out / "BraTS-GLI-00001-000.nii.gz")
-    assert seg.shape == src.shape
+    assert seg.shape == src.shape == shared.shape
     np.testing.assert_allclose(seg.affine, src.affine)
-    assert set(np.unique(np.asarray(seg.dataobj))) == {0, 3}  # ET inside the brain, in 2023 values
+    values = np.asarray(seg.dataobj)
+    assert set(np.unique(values)) == {0, 3}  # ET inside the brain, in 2023 values
+    images = [np.asarray(nib.load(p).dataobj) for p in sorted(shared.exam_2023.glob("*.nii.gz"))]
+    outside = np.ones(values.shape, bool)
+    outside[bounding_box(np.any(np.stack(images) != 0, axis=0))] = False
+    assert values[~outside].all() and not values[outside].any()  # ET over the brain's box, 0 outside
     assert (out / "BraTS-GLI-00001-000.png").stat().st_size > 10_000
 
 

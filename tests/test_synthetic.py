@@ -197,7 +197,7 @@ def test_refuses_other_settings_and_foreign_cases(dataset, tmp_path):
     with pytest.raises(FileExistsError, match="BraTS20_Training_003"):
         generate_dataset(copy, cases=3, seed=7, shape=SMALL, progress=False)
     for bad in ({"cases": 0}, {"seed": -1}, {"workers": 0}, {"shape": (48, 48, 8)}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))} must be"):
             generate_dataset(tmp_path / "bad", **{"cases": 1, "shape": SMALL, **bad})
 
 

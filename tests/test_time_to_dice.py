@@ -56,8 +56,9 @@ def test_seconds_to_each_threshold_final_best_and_spread(tmp_path):
 
 
 def test_thresholds_must_be_fractions(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         time_to_dice.parse_args(["--thresholds", "0.5", "1.5"])
+    assert exit_info.value.code == 2
     assert "--thresholds must lie in (0, 1]" in capsys.readouterr().err
 
 

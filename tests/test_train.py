@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from faults import sigkill_at
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from train_helpers import CONF, ROOT, tiny_overrides
 
-from tumorseg.training.callbacks import AtomicCheckpointIO
+from tumorseg.training.callbacks import AtomicCheckpointIO, git_state
 from tumorseg.training.module import NonFiniteLossError, SegmentationModule, build_optimizer, schedule_factor
 from tumorseg.training.train import (
     build,
@@ -33,6 +36,7 @@ from tumorseg.training.train import (
 )
 
 register_resolvers()
+GIT_CHECKOUT = (ROOT / ".git").exists() and shutil.which("git") is not None
 GROUPS = [
     "model", "loss", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment", "hparams_search",
     "debug",
@@ -148,19 +152,40 @@ def test_every_model_config_builds_its_network(tmp_path):
 
 
 @pytest.mark.parametrize("deterministic", [False, True, "warn"])
-def test_deterministic_switch_turns_autotuning_off(tmp_path, deterministic):
+def test_deterministic_switch_turns_autotuning_off(tmp_path, deterministic, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = make_cfg([f"trainer.deterministic={str(deterministic).lower()}"], tmp_path)
     args = trainer_arguments(cfg.trainer)
     assert args["deterministic"] == deterministic
     assert args["benchmark"] is (not deterministic)  # the default config autotunes
-    assert args["precision"] == resolve_precision(cfg.trainer)
+    assert args["precision"] == "32-true"  # precision=auto without a GPU
 
 
-def test_precision_follows_the_accelerator():
-    assert resolve_precision(OmegaConf.create({"precision": "auto", "accelerator": "cpu"})) == "32-true"
-    assert resolve_precision(OmegaConf.create({"precision": "16-mixed"})) == "16-mixed"
-    expected = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    assert resolve_precision(OmegaConf.create({"precision": "auto", "accelerator": "auto"})) == expected
+# trainer.precision, trainer.accelerator, a CUDA device present, with bf16 -> the precision used
+PRECISIONS = [
+    ("auto", "cpu", False, False, "32-true"),
+    ("auto", "cpu", True, True, "32-true"),  # a GPU the run does not use
+    ("auto", "auto", False, False, "32-true"),
+    ("auto", "auto", True, False, "32-true"),  # a GPU without bf16 (before Ampere)
+    ("auto", "auto", True, True, "bf16-mixed"),
+    ("auto", "gpu", True, True, "bf16-mixed"),
+    ("auto", "cuda", True, True, "bf16-mixed"),
+    ("auto", "gpu", True, False, "32-true"),
+    ("16-mixed", "cpu", False, False, "16-mixed"),  # what the user set is kept
+    ("bf16-mixed", "gpu", True, False, "bf16-mixed"),
+    ("32-true", "auto", True, True, "32-true"),
+]
+
+
+@pytest.mark.parametrize(("precision", "accelerator", "cuda", "bf16", "expected"), PRECISIONS)
+def test_precision_follows_the_accelerator(monkeypatch, precision, accelerator, cuda, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    trainer = OmegaConf.create({"precision": precision, "accelerator": accelerator})
+    assert resolve_precision(trainer) == expected
+    assert trainer_arguments(trainer)["precision"] == expected
+    if precision == "auto":  # no precision given means auto
+        assert resolve_precision(OmegaConf.create({"accelerator": accelerator})) == expected
 
 
 def test_optimizer_and_schedule_from_config():
@@ -187,7 +212,11 @@ def check_run_dir(run_dir: Path) -> None:
     for name in ("config.yaml", "split.json", "run_info.json", "csv/metrics.csv", "checkpoints/last.ckpt"):
         assert (run_dir / name).is_file(), name
     info = json.loads((run_dir / "run_info.json").read_text())
-    assert info["git"]["commit"] and info["packages"]["torch"] == torch.__version__
+    if GIT_CHECKOUT:
+        assert re.fullmatch("[0-9a-f]{40}", info["git"]["commit"]) and isinstance(info["git"]["dirty"], bool)
+    else:  # a source tarball: git is optional
+        assert info["git"] == {"commit": None, "dirty": None}
+    assert info["packages"]["torch"] == torch.__version__
     assert info["data"]["cases"] == 6 and len(info["data"]["sha256"]) == 64
     png = run_dir / "loss_score.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -234,6 +263,35 @@ def test_compile_and_channels_last_keep_checkpoint_keys():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+RECORD_SCRIPT = """
+import json, sys
+import lightning.pytorch as pl
+import tumorseg
+from tumorseg.training.callbacks import RunRecord
+trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=sys.argv[1])
+print(json.dumps({"package": tumorseg.__file__, "record": json.loads(RunRecord().write(trainer).read_text())}))
+"""
+
+
+def test_run_record_outside_a_git_checkout(tmp_path, monkeypatch):
+    """A source tarball (no .git) records null git fields instead of failing."""
+    if GIT_CHECKOUT:
+        assert re.fullmatch("[0-9a-f]{40}", git_state(ROOT)["commit"])
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}
+    tree = tmp_path / "tumorseg-src"
+    shutil.copytree(ROOT / "src" / "tumorseg", tree / "src" / "tumorseg", ignore=shutil.ignore_patterns("__pycache__"))
+    # GIT_CEILING_DIRECTORIES: git must not find a repository above tmp_path either
+    env = {**os.environ, "PYTHONPATH": str(tree / "src"), "GIT_CEILING_DIRECTORIES": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", RECORD_SCRIPT, str(tmp_path / "run")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert Path(result["package"]).is_relative_to(tree)  # the copy ran, not the checkout
+    assert result["record"]["git"] == {"commit": None, "dirty": None}
+    assert json.loads((tmp_path / "run" / "run_info.json").read_text())["git"] == {"commit": None, "dirty": None}
+
+
 def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -249,6 +307,52 @@ def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path, monkeyp
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+SLOW_CHECKPOINT_WRITE = """
+import sys, time
+import torch
+from tumorseg.training.callbacks import AtomicCheckpointIO
+
+real_save = torch.save
+
+
+class Slow:  # a file that stalls once a megabyte of the checkpoint is on disk, to be killed there
+    def __init__(self, file):
+        self.file, self.written = file, 0
+
+    def write(self, data):
+        count = self.file.write(data)
+        self.written += count
+        if self.written > 2**20:
+            self.file.flush()
+            print("mid-write", flush=True)
+            time.sleep(600)
+        return count
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+torch.save = lambda obj, file: real_save(obj, Slow(file))
+AtomicCheckpointIO().save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2_000_000)}}, sys.argv[1])
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 0, "state_dict": {"w": torch.zeros(3)}}, last)
+    sigkill_at(SLOW_CHECKPOINT_WRITE, "mid-write", str(last))
+    # the killed write left its partial file, under a hidden temporary name nothing looks for
+    (partial,) = [p for p in last.parent.iterdir() if p != last]
+    assert partial.name.startswith(".last.ckpt.") and ".partial" in partial.name and partial.stat().st_size > 2**20
+    assert find_last_checkpoint(tmp_path) == last
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 0 and torch.equal(ckpt["state_dict"]["w"], torch.zeros(3))
+    # the resumed run's next checkpoint replaces it whole
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, last)
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 1
 
 
 def test_nonfinite_losses_are_skipped_then_stop_training(tmp_path, data_dir, monkeypatch):

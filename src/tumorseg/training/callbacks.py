@@ -52,7 +52,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def git_state(path: str | Path | None = None) -> dict:
-    """Commit and dirty flag of the git work tree holding ``path`` (the package by default)."""
+    """Commit and dirty flag of the git work tree holding ``path`` (the package by default); both
+    None outside a git checkout (a source tarball) or without git."""
     where = Path(path) if path else Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -64,7 +65,7 @@ def git_state(path: str | Path | None = None) -> dict:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None}
+        return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
