@@ -156,6 +156,7 @@ def test_sigkill_during_the_build_then_a_rebuild_equals_an_uninterrupted_build(p
 
     rebuilt = build_cache(discovery, killed_dir, progress=False)
     assert (rebuilt.built, rebuilt.reused, rebuilt.problems) == (2, 1, [])
+    assert not [p.name for p in settings_dir.iterdir() if p.name.startswith(".")]  # the killed half is freed
     whole = build_cache(discovery, tmp_path / "whole", progress=False)
     assert (
         [e.case_id for e in rebuilt.entries]

@@ -359,6 +359,28 @@ def _write_entry(settings_dir: Path, case: Case, config: PreprocessConfig) -> tu
     return read_entry(settings_dir, case, fp), []
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_leftovers(settings_dir: Path) -> None:
+    """Remove what killed builders left: their unfinished entries (this host's, whose process is
+    gone) and entries moved aside as stale. Neither is ever trusted; this only frees the disk."""
+    host = socket.gethostname()
+    for path in settings_dir.glob(".*.tmp-*"):
+        owner = path.name.rsplit(".tmp-", 1)[1].rsplit("-", 2)
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not _alive(int(owner[1])):
+            shutil.rmtree(path, ignore_errors=True)
+    for path in settings_dir.glob(".*.stale-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def build_cache(
     discovery: Discovery,
     cache_dir: str | Path,
@@ -377,6 +399,7 @@ def build_cache(
     settings_file = settings_dir / "settings.json"
     if not settings_file.exists():  # whole or absent: a killed run must not leave it truncated for good
         write_atomic(settings_file, json.dumps({**asdict(config), "version": FORMAT_VERSION}, indent=1))
+    _remove_leftovers(settings_dir)
 
     entries: dict[str, CacheEntry] = {}
     todo = []
