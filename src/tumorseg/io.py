@@ -1,5 +1,6 @@
-"""File I/O shared by every command: atomic writes, the NIfTI reader (named errors, grid check,
-label validation), the NIfTI writer that keeps the input's space, and the cache root.
+"""File I/O shared by every command: atomic writes, the NIfTI reader (named errors, headers checked
+before any voxel is read, grid check, label validation), the NIfTI writer that keeps the input's
+space, and the cache root.
 
 Anything this package writes goes through :func:`atomic_write` or :func:`atomic_path`: a temporary
 file in the target's folder, flushed to disk, then renamed over the target. A run killed at any
@@ -122,23 +123,17 @@ def read_nifti(path: str | os.PathLike, *, finite: bool = False) -> tuple[nib.Ni
     what_to_do = "it is missing, truncated or corrupt: re-extract or re-download it"
     try:
         image = nib.load(path)
-    except READ_ERRORS as error:
-        raise NiftiError(path, f"cannot read the file ({error}); {what_to_do}") from error
-    problem = header_problem(image)
-    if problem:
-        raise NiftiError(path, problem)
-    try:
-        data = np.asanyarray(image.dataobj)
+        problem = header_problem(image)
+        data = None if problem else np.asanyarray(image.dataobj)
     except READ_ERRORS as error:
         raise NiftiError(path, f"cannot read the file ({error}); {what_to_do}") from error
     except MemoryError as error:
         raise NiftiError(
-            path, f"its {_voxel_count(image.shape)} voxels do not fit in memory; free memory or use a larger machine"
+            path, f"its {_voxel_count(image.shape):,} voxels do not fit in memory; free memory or use a larger machine"
         ) from error
-    if finite:
-        problem = non_finite(data, "the image")
-        if problem:
-            raise NiftiError(path, problem)
+    problem = problem or (non_finite(data, "the image") if finite else None)
+    if problem:
+        raise NiftiError(path, problem)
     return image, data
 
 
@@ -175,7 +170,9 @@ def header_problem(image: nib.spatialimages.SpatialImage) -> str | None:
     if not np.isfinite(affine).all() or np.abs(affine[:3, 3]).max() > MAX_COORDINATE:
         return f"the affine holds non-finite or huge values ({_matrix(affine)}); {corrupt}"
     if sizes.min() < low or sizes.max() > high or np.linalg.cond(affine[:3, :3]) > 1e6:
-        return f"the affine ({_matrix(affine)}) maps voxels to no valid grid (voxel sizes {low:g}-{high:g} mm); {corrupt}"
+        return (
+            f"the affine ({_matrix(affine)}) maps voxels to no valid grid (voxel sizes {low:g}-{high:g} mm); {corrupt}"
+        )
     zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
     if not (np.isfinite(zooms).all() and zooms.min() >= low and zooms.max() <= high):
         return f"the voxel sizes {tuple(zooms.tolist())} are not finite or not within {low:g}-{high:g} mm; {corrupt}"
