@@ -166,6 +166,14 @@ def broken_case(root: Path, case: str, role: str, ext: str, fault: Callable[[Pat
     return path
 
 
+def case_with_non_finite(root: Path, modality: str, value: float) -> Path:
+    """A whole brats2020 case under ``root`` with one ``value`` voxel in ``modality``; returns that file."""
+    folder = write_case(root, LAYOUT, ID, shape=SHAPE)
+    data = image_data(SHAPE, modality).astype(np.float32)
+    data[1, 2, 3] = value
+    return write_nifti(folder / file_name(LAYOUT, ID, modality), data, affine())
+
+
 def assert_names(error: Exception | str, path: Path, expected: str) -> None:
     message = str(error)
     assert str(path) in message and expected in message, message
@@ -254,11 +262,7 @@ def test_dataset_readers_refuse_4d_images_and_labels(tmp_path):
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_voxels_are_refused_where_asked_and_reported_by_the_check(tmp_path, value):
-    folder = write_case(tmp_path, LAYOUT, ID, shape=SHAPE)
-    t2 = folder / file_name(LAYOUT, ID, "t2")
-    data = image_data(SHAPE, "t2").astype(np.float32)
-    data[1, 2, 3] = value
-    write_nifti(t2, data, affine())
+    t2 = case_with_non_finite(tmp_path, "t2", value)
     (case,) = discover(tmp_path).cases
     assert load_case(case).image.shape == (4, *SHAPE)  # training reads the case; the check reports it
     with pytest.raises(CaseError, match=rf"case {ID}: .*t2.nii.gz: 1 non-finite \(NaN or inf\) voxels in the image"):
@@ -305,12 +309,8 @@ def test_predict_reads_name_the_case_and_the_file(tmp_path, ext, fault, expected
 
 @pytest.mark.parametrize("value", [np.nan, -np.inf])
 def test_predict_refuses_non_finite_voxels(tmp_path, value):
-    folder = write_case(tmp_path, LAYOUT, ID, shape=SHAPE)
-    flair = folder / file_name(LAYOUT, ID, "flair")
-    data = image_data(SHAPE, "flair").astype(np.float32)
-    data[0, 0, 0] = value
-    write_nifti(flair, data, affine())
-    explicit = InputCase(ID, {m: folder / file_name(LAYOUT, ID, m) for m in MODALITIES}, LAYOUT)
+    flair = case_with_non_finite(tmp_path, "flair", value)
+    explicit = InputCase(ID, {m: flair.parent / file_name(LAYOUT, ID, m) for m in MODALITIES}, LAYOUT)
     (found,) = dataset_cases(tmp_path)
     for item in (explicit, found):
         with pytest.raises(CaseError) as caught:
