@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from train_helpers import CONF, ROOT, tiny_overrides
 
-from tumorseg.training.callbacks import AtomicCheckpointIO, git_state
+from tumorseg.training.callbacks import AtomicCheckpointIO, git_state, package_versions
 from tumorseg.training.module import NonFiniteLossError, SegmentationModule, build_optimizer, schedule_factor
 from tumorseg.training.train import (
     build,
@@ -584,3 +585,13 @@ def test_resume_picks_the_newest_run_of_the_same_task_and_fold(tmp_path):
                                 "paths": {"log_dir": str(tmp_path)}, "data": {}, "model": {}})  # fmt: skip
     with pytest.raises(FileNotFoundError, match="resume=.*nowhere: no such folder"):
         checkpoint_to_resume(run_cfg)
+
+
+def test_run_info_records_torch_as_torch_reports_it(monkeypatch):
+    # a CUDA build from PyPI: its metadata says 2.14.1, torch.__version__ says 2.14.1+cu130
+    version = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "2.14.1" if name == "torch" else version(name))
+    monkeypatch.setattr(torch, "__version__", "2.14.1+cu130")
+    versions = package_versions()
+    assert versions["torch"] == torch.__version__ == "2.14.1+cu130"
+    assert versions["numpy"] == np.__version__ and versions["nibabel"] == version("nibabel")

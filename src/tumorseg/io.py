@@ -1,5 +1,6 @@
-"""File I/O shared by every command: atomic writes, the NIfTI reader (named errors, grid check,
-label validation), the NIfTI writer that keeps the input's space, and the cache root.
+"""File I/O shared by every command: atomic writes, the NIfTI reader (named errors, headers checked
+before any voxel is read, grid check, label validation), the NIfTI writer that keeps the input's
+space, and the cache root.
 
 Anything this package writes goes through :func:`atomic_write` or :func:`atomic_path`: a temporary
 file in the target's folder, flushed to disk, then renamed over the target. A run killed at any
@@ -25,6 +26,13 @@ from nibabel.spatialimages import HeaderDataError
 READ_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, OverflowError, zlib.error)
 # largest affine difference (mm) between files still taken as one voxel grid
 AFFINE_TOLERANCE = 1e-3
+# Headers are checked against these before any voxel is read, so that a corrupt one ends in a
+# message instead of a huge allocation: a brain MRI has some 10^7 voxels of 0.5-7 mm.
+MAX_VOXELS = 1024**3
+VOXEL_SIZE_RANGE = (1e-3, 1e3)  # mm
+MAX_COORDINATE = 1e6  # mm from the scanner's origin
+# deflate cannot expand data more than 1032-fold, which bounds what a .gz file can hold
+MAX_GZIP_RATIO = 1032
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -102,16 +110,91 @@ class NiftiError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
-def read_nifti(path: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """The image and its voxels (scaled as the header says, not copied); :class:`NiftiError` when
-    the file cannot be read."""
+def read_nifti(path: str | os.PathLike, *, finite: bool = False) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The image and its voxels (scaled as the header says, not copied).
+
+    The header is checked before any voxel is read (see :func:`header_problem`); with ``finite``,
+    NaN and inf voxels are refused too.
+
+    Raises:
+        NiftiError: the file cannot be read, or its header or voxels cannot be used; the message
+            says which and what to do.
+    """
+    what_to_do = "it is missing, truncated or corrupt: re-extract or re-download it"
     try:
         image = nib.load(path)
-        return image, np.asanyarray(image.dataobj)
+        problem = header_problem(image)
+        data = None if problem else np.asanyarray(image.dataobj)
     except READ_ERRORS as error:
+        raise NiftiError(path, f"cannot read the file ({error}); {what_to_do}") from error
+    except MemoryError as error:
         raise NiftiError(
-            path, f"cannot read the file ({error}); it is missing, truncated or corrupt: re-extract or re-download it"
+            path, f"its {_voxel_count(image.shape):,} voxels do not fit in memory; free memory or use a larger machine"
         ) from error
+    problem = problem or (non_finite(data, "the image") if finite else None)
+    if problem:
+        raise NiftiError(path, problem)
+    return image, data
+
+
+def header_problem(image: nib.spatialimages.SpatialImage) -> str | None:
+    """What makes the header of a loaded ``image`` unusable, or None: a shape without
+    voxels or larger than ``MAX_VOXELS``, more voxel bytes than the file can hold, voxels that are
+    not real numbers (complex, RGB), or an affine or voxel sizes that no scan has (not finite,
+    singular, outside ``VOXEL_SIZE_RANGE`` or ``MAX_COORDINATE``)."""
+    corrupt = "the header is corrupt: re-extract or re-download the file"
+    shape = tuple(int(n) for n in image.shape)
+    if not shape or min(shape) < 1:
+        return f"the header gives the shape {shape}, which holds no voxel; {corrupt}"
+    if _voxel_count(shape) > MAX_VOXELS:
+        return f"the header gives the shape {shape}, over {MAX_VOXELS:,} voxels; {corrupt}"
+    dtype = image.get_data_dtype()
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        return f"the voxels are of type {dtype}, not real numbers; tumorseg reads scalar images: re-export it"
+    # where the voxels lie: the loaded header's copy no longer says, the array proxy does
+    proxy = image.dataobj
+    data_file = getattr(proxy, "file_like", None)
+    if isinstance(data_file, (str, os.PathLike)) and hasattr(proxy, "offset"):
+        end = int(proxy.offset) + _voxel_count(shape) * dtype.itemsize
+        size = os.path.getsize(data_file)
+        gzipped = str(data_file).endswith(".gz")
+        if end > (MAX_GZIP_RATIO * size if gzipped else size):
+            holds = f"a {size:,}-byte {'gzip ' if gzipped else ''}file"
+            return (
+                f"cannot read the file (its header places {end:,} bytes of voxels in {holds}, which cannot hold them); "
+                "it is truncated or corrupt: re-extract or re-download it"
+            )
+    affine = np.asarray(image.affine, dtype=np.float64)
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    low, high = VOXEL_SIZE_RANGE
+    if not np.isfinite(affine).all() or np.abs(affine[:3, 3]).max() > MAX_COORDINATE:
+        return f"the affine holds non-finite or huge values ({_matrix(affine)}); {corrupt}"
+    if sizes.min() < low or sizes.max() > high or np.linalg.cond(affine[:3, :3]) > 1e6:
+        return (
+            f"the affine ({_matrix(affine)}) maps voxels to no valid grid (voxel sizes {low:g}-{high:g} mm); {corrupt}"
+        )
+    zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
+    if not (np.isfinite(zooms).all() and zooms.min() >= low and zooms.max() <= high):
+        return f"the voxel sizes {tuple(zooms.tolist())} are not finite or not within {low:g}-{high:g} mm; {corrupt}"
+    return None
+
+
+def non_finite(data: np.ndarray, where: str) -> str | None:
+    """What to do about the NaN and inf voxels in ``data`` (described as ``where``), or None."""
+    if data.dtype.kind != "f":
+        return None
+    count = data.size - int(np.count_nonzero(np.isfinite(data)))
+    if not count:
+        return None
+    return f"{count} non-finite (NaN or inf) voxels in {where}; replace them (e.g. by 0) or re-export it"
+
+
+def _voxel_count(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=object))
+
+
+def _matrix(affine: np.ndarray) -> str:
+    return "; ".join(" ".join(f"{value:.4g}" for value in row) for row in affine[:3])
 
 
 def grid_mismatch(image: nib.Nifti1Image, reference_path: str | os.PathLike, reference: nib.Nifti1Image) -> str | None:

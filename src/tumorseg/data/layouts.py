@@ -31,7 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tumorseg.io import NiftiError, grid_mismatch, label_voxels, read_nifti, spacing
+from tumorseg.io import NiftiError, grid_mismatch, label_voxels, non_finite, read_nifti, spacing
 from tumorseg.labels import CONVENTIONS, MODALITIES, to_internal, unexpected_values
 
 LAYOUTS = ("brats2020", "brats2021", "brats2023", "msd")
@@ -449,15 +449,20 @@ def _expected_name(layout: str, case_id: str, role: str, roles: dict[str, list[P
     return f"{case_id}{separator}{suffix}{extension}"
 
 
-def load_case(case: Case) -> Volume:
+def load_case(case: Case, *, finite: bool = False) -> Volume:
     """Read a case: the modalities stacked as float32, the label as internal classes, voxels as stored.
 
+    Args:
+        case: The case to read.
+        finite: Refuse images that hold NaN or inf voxels (``check_case`` reports them).
+
     Raises:
-        CaseError: A file cannot be read, has the wrong number of dimensions, does not share the
-            shape or affine of the first image, or the label holds values its convention does not
-            define. The message names the case and the file.
+        CaseError: A file cannot be read, its header is corrupt (see ``io.header_problem``), it has
+            the wrong number of dimensions, does not share the shape or affine of the first image,
+            the label holds values its convention does not define, or, with ``finite``, an image
+            holds NaN or inf. The message names the case and the file.
     """
-    volume, problems = _read_case(case, inspect=False)
+    volume, problems = _read_case(case, inspect=False, finite=finite)
     if volume is None:
         raise CaseError("\n".join(str(problem) for problem in problems))
     return volume
@@ -471,14 +476,15 @@ def check_case(case: Case) -> tuple[Volume | None, list[Problem]]:
     Returns:
         The volume (None where it cannot be loaded) and the problems found.
     """
-    return _read_case(case, inspect=True)
+    return _read_case(case, inspect=True, finite=False)
 
 
-def _read_case(case: Case, *, inspect: bool) -> tuple[Volume | None, list[Problem]]:
+def _read_case(case: Case, *, inspect: bool, finite: bool) -> tuple[Volume | None, list[Problem]]:
     """Read all files of a case, collecting the problems of each instead of stopping at the first.
 
     The volume is None when any problem makes the case unusable; with ``inspect``, non-finite
-    voxels and all-zero modalities are reported too, without making it unusable.
+    voxels and all-zero modalities are reported too, without making it unusable; with ``finite``,
+    non-finite voxels make it unusable.
     """
     problems: list[Problem] = []
     usable = True
@@ -493,7 +499,7 @@ def _read_case(case: Case, *, inspect: bool) -> tuple[Volume | None, list[Proble
     channels: list[np.ndarray] = []
     for index, path in enumerate(case.images):
         try:
-            image, data = read_nifti(path)
+            image, data = read_nifti(path, finite=finite)
         except NiftiError as error:
             fail(error.reason, path)
             continue
@@ -540,10 +546,9 @@ def _read_case(case: Case, *, inspect: bool) -> tuple[Volume | None, list[Proble
 
 
 def _content_problems(channel: np.ndarray, where: str) -> list[str]:
-    if channel.dtype.kind == "f":
-        non_finite = channel.size - int(np.count_nonzero(np.isfinite(channel)))
-        if non_finite:
-            return [f"{non_finite} non-finite (NaN or inf) voxels in {where}; replace them (e.g. by 0) or re-export it"]
+    problem = non_finite(channel, where)
+    if problem:
+        return [problem]
     if not channel.any():
         return [f"{where} is all zeros; the modality is empty: re-export or re-download it"]
     return []

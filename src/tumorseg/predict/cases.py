@@ -95,7 +95,7 @@ def read_case(
         )
     if item.layout is not None and item.layout in LAYOUTS:
         images = (item.files["image"],) if "image" in item.files else tuple(item.files[m] for m in MODALITIES)
-        volume = load_case(Case(item.case_id, item.layout, images, None))
+        volume = load_case(Case(item.case_id, item.layout, images, None), finite=True)
         arrays = {m: volume.image[i] for i, m in enumerate(MODALITIES)}
         header = _read(item, images[0])[0].header
         return {m: arrays[m] for m in needed}, volume.affine, volume.spacing, header
@@ -116,6 +116,6 @@ def read_case(
 
 def _read(item: InputCase, path: Path) -> tuple[nib.Nifti1Image, np.ndarray]:
     try:
-        return read_nifti(path)
+        return read_nifti(path, finite=True)
     except NiftiError as err:
         raise CaseError(f"case {item.case_id}: {err}") from err

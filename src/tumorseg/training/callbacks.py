@@ -70,12 +70,15 @@ def git_state(path: str | Path | None = None) -> dict:
 
 
 def package_versions() -> dict[str, str | None]:
+    """The version of each of ``PACKAGES`` (None where it is not installed), as the package reports
+    it: torch's is ``torch.__version__``, whose build tag (``2.14.1+cu130``) its metadata lacks."""
     versions = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    versions["torch"] = str(torch.__version__)
     return versions
 
 
