@@ -1,29 +1,25 @@
 """Segment scans with trained checkpoints: `python predict.py ckpt_path=CKPT input=PATH output_dir=DIR`.
-Options are in conf/predict.yaml; `python predict.py --help` lists them."""
+Options are in conf/predict.yaml; `python predict.py --help` lists them. Exit status: 0 every case
+segmented, 1 some case failed or was skipped, 2 nothing could start: a mistake, explained in one
+message (`HYDRA_FULL_ERROR=1` adds the traceback)."""
 
-import logging
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from tumorseg.predict import PredictionError, run
+from tumorseg.cli import hydra_command
+from tumorseg.predict import run
 from tumorseg.training.train import register_resolvers
 
 register_resolvers()
-log = logging.getLogger("predict")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        status = run(cfg)
-    except (PredictionError, FileNotFoundError, ValueError) as err:
-        log.error("%s", err)
-        sys.exit(2)
+    """The task Hydra runs with the config composed from conf/predict.yaml and the overrides."""
+    status = run(cfg)
     if status:
-        sys.exit(status)
+        sys.exit(status)  # Hydra drops what the task returns
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(hydra_command(main, config_name="predict"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -269,16 +270,27 @@ def test_checkpoint_errors(tmp_path):
 
 def test_command_line_exit_status(tmp_path):
     data = tmp_path / "data"
-    write_dataset(data, "brats2023", 1, shape=SHAPE)
+    ids = write_dataset(data, "brats2023", 2, shape=SHAPE)
     ckpt = stand_in(tmp_path / "m.ckpt", (10.0, -10.0, -10.0))
     args = [sys.executable, str(ROOT / "predict.py"), f"paths.root_dir={tmp_path}", "progress=false"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([*args, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={tmp_path / 'seg'}"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "1 written" in done.stdout
+    assert "2 written, 0 kept, 0 skipped, 0 failed" in done.stdout
+
+    # a case without its T1ce is skipped: the others are segmented, and the exit status says so
+    next((data / ids[1]).glob("*-t1c.nii.gz")).unlink()
+    done = subprocess.run([*args, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={tmp_path / 'seg2'}"],
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "1 written, 0 kept, 1 skipped, 0 failed" in done.stdout
+    assert f"SKIPPED {ids[1]}: " in done.stdout and "Traceback" not in done.stderr
+
     done = subprocess.run([*args, f"ckpt_path={tmp_path / 'missing.ckpt'}", f"input={data}"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 2 and "missing.ckpt" in done.stdout + done.stderr
+                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "missing.ckpt" in done.stderr and "Traceback" not in done.stderr and "Error executing job" not in done.stderr
 
 
 def test_the_shared_exam(tmp_path_factory, tmp_path):

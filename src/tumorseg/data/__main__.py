@@ -1,6 +1,6 @@
 """Command line of ``tumorseg.data``.
 
-python -m tumorseg.data check ROOT [--no-labels] [--layout NAME] [--workers N]
+python -m tumorseg.data check ROOT [--no-labels] [--layout NAME] [--workers N] [--debug]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from tumorseg.cli import positive_int
+from tumorseg.cli import add_debug_option, positive_int, run_command
 from tumorseg.data import check
 from tumorseg.data.layouts import LAYOUTS
 
@@ -36,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         default=min(4, cpus),
         help=f"processes reading cases in parallel (default: {min(4, cpus)})",
     )
+    add_debug_option(check_parser)
     args = parser.parse_args(argv)
-    return check.run(args.root, require_labels=not args.no_labels, layout=args.layout, workers=args.workers)
+    return run_command(
+        lambda: check.run(args.root, require_labels=not args.no_labels, layout=args.layout, workers=args.workers),
+        debug=args.debug,
+    )
 
 
 if __name__ == "__main__":

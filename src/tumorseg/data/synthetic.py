@@ -24,7 +24,7 @@ intensity scale and offset per modality, so intensity normalisation matters.
 
 Command line::
 
-    python -m tumorseg.data.synthetic OUT --cases N --seed S [--shape X Y Z] [--preview] [--workers K]
+    python -m tumorseg.data.synthetic OUT --cases N --seed S [--shape X Y Z] [--preview] [--workers K] [--debug]
 
 writes the BraTS 2020 layout ``OUT/BraTS20_Training_001/BraTS20_Training_001_{flair,t1,t1ce,t2,seg}.nii.gz``:
 int16 images, uint8 labels with the BraTS 2020 values 0 background, 1 NCR, 2 ED, 4 ET, a 1 mm
@@ -48,7 +48,6 @@ is generated again, which rewrites its five files and removes temporary files a 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import hashlib
 import io
@@ -67,6 +66,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy import ndimage
 
+from tumorseg.cli import add_debug_option, environment, run_command
 from tumorseg.io import write_atomic
 from tumorseg.labels import CLASS_COLOURS, CONVENTIONS, MODALITIES, MODALITY_NAMES
 
@@ -523,27 +523,12 @@ def _run(
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(min(workers, len(indices)), mp_context=context)
     try:
-        with _environment(dict.fromkeys(THREAD_VARIABLES, "1")):  # read by the workers as they start
+        with environment(dict.fromkeys(THREAD_VARIABLES, "1")):  # read by the workers as they start
             futures = [pool.submit(_write_case, out, index, seed, shape, preview) for index in indices]
         for future in as_completed(futures):
             yield future.result()
     finally:
         pool.shutdown(cancel_futures=True)
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
 
 
 def generate_dataset(
@@ -626,13 +611,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--preview", action="store_true", help="also write OUT/previews/<case_id>.png")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default: 1)")
+    add_debug_option(parser)
     args = parser.parse_args(argv)
-    try:
+
+    def generate() -> None:
         folders = generate_dataset(args.out, args.cases, args.seed, args.shape, args.preview, args.workers)
-    except (ValueError, OSError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-    print(f"{len(folders)} cases in {args.out}")
-    return 0
+        print(f"{len(folders)} cases in {args.out}")
+
+    return run_command(generate, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from tumorseg.cli import positive_int
+from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, add_debug_option, positive_int, run_command
 from tumorseg.data.layouts import select_cases
-from tumorseg.evaluate.folder import LABEL_CHOICES, EvaluationError, evaluate_folder
+from tumorseg.evaluate.folder import LABEL_CHOICES, evaluate_folder
 from tumorseg.evaluate.reports import print_result
 
 
@@ -20,7 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         0 when every case was evaluated, 1 when a case has no counterpart or failed, 2 when the
-        inputs cannot be used at all.
+        inputs cannot be used at all or the outputs cannot be written (``tumorseg.cli.run_command``).
     """
     parser = argparse.ArgumentParser(
         prog="python -m tumorseg.evaluate",
@@ -48,17 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=min(8, os.cpu_count() or 1),
         help="parallel processes (default: %(default)s)",
     )
+    add_debug_option(parser)
     args = parser.parse_args(argv)
+    return run_command(lambda: _evaluate(args), debug=args.debug)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    cases = select_cases(args.cases) if args.cases else None
+    result = evaluate_folder(args.pred, args.ref, labels=args.labels, out=args.out, workers=args.workers, cases=cases)
     console = Console(soft_wrap=True)
-    try:
-        cases = select_cases(args.cases) if args.cases else None
-        result = evaluate_folder(
-            args.pred, args.ref, labels=args.labels, out=args.out, workers=args.workers, cases=cases
-        )
-    except (EvaluationError, ValueError) as error:
-        Console(stderr=True, soft_wrap=True).print(f"error: {error}", markup=False, highlight=False)
-        return 2
     console.print(f"labels: {escape(result.labels_reason)}", highlight=False)
     print_result(result, console)
     console.print(f"wrote {escape(str(result.csv_path))} and {escape(str(result.json_path))}", highlight=False)
-    return 0 if result.ok else 1
+    return EXIT_OK if result.ok else EXIT_INCOMPLETE

@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tumorseg.data.layouts import LAYOUTS, Case, CaseError, discover, load_case
+from tumorseg.data.layouts import LAYOUTS, Case, CaseError, Problem, discover, load_case
 from tumorseg.io import NiftiError, grid_mismatch, read_nifti, spacing
 from tumorseg.labels import MODALITIES
 
@@ -64,7 +64,13 @@ def explicit_case(files: dict[str, str | None], case_id: str | None, convention:
 
 
 def dataset_cases(root: str | Path, layout: str | None = None) -> list[InputCase]:
-    """Every case under a dataset root or in a single case folder, with their references if any."""
+    """Every case under a dataset root or in a single case folder, with their references if any;
+    the problems of the cases left out are logged."""
+    return find_cases(root, layout)[0]
+
+
+def find_cases(root: str | Path, layout: str | None = None) -> tuple[list[InputCase], list[Problem]]:
+    """``dataset_cases`` and the problems of the cases left out (each logged as skipped)."""
     discovery = discover(root, require_labels=False, layout=layout)
     for problem in discovery.problems:
         log.warning("Skipped: %s", problem)
@@ -74,7 +80,7 @@ def dataset_cases(root: str | Path, layout: str | None = None) -> list[InputCase
     for case in discovery.cases:
         files = {"image": case.images[0]} if case.layout == "msd" else dict(zip(MODALITIES, case.images))
         cases.append(InputCase(case.case_id, files, case.layout, case.label, case.layout))
-    return cases
+    return cases, discovery.problems
 
 
 def read_case(

@@ -8,16 +8,19 @@ processes while the previous case runs on the device.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from tumorseg.data.layouts import CaseError, select_cases
+from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, OUTPUT_FULL, describe_os_error
+from tumorseg.data.layouts import CaseError, Problem, select_cases
 from tumorseg.labels import CONVENTIONS
-from tumorseg.predict.cases import InputCase, PredictionError, dataset_cases, explicit_case
+from tumorseg.predict.cases import InputCase, PredictionError, explicit_case, find_cases
 from tumorseg.predict.predictor import CaseReader, Predictor, PreparedCase
 from tumorseg.predict.writers import write_label, write_png, write_probabilities, write_summary
 
@@ -64,17 +67,29 @@ class PredictSettings:
 
 @dataclass
 class PredictReport:
+    """What ``predict`` did, case by case; ``skipped`` (cases the input holds but that cannot be
+    read, found before segmenting) is filled by ``run``. After an error that no later write can
+    escape (a full disk), ``stopped`` says why and the cases left are ``not_attempted``."""
+
     written: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    not_attempted: list[str] = field(default_factory=list)
+    stopped: str | None = None
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     summary_csv: Path | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every case of the input segmented (now or before)."""
+        return not (self.skipped or self.failed or self.not_attempted)
 
 
 def predict(items: list[InputCase], predictor: Predictor, settings: PredictSettings) -> PredictReport:
     """Segment ``items`` with ``predictor`` and write the outputs; see the module docstring."""
     out_dir = Path(settings.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(out_dir)
     report = PredictReport()
 
     todo = []
@@ -105,14 +120,33 @@ def predict(items: list[InputCase], predictor: Predictor, settings: PredictSetti
                 try:
                     report.timings[item.case_id] = _segment(record, predictor, settings, out_dir)
                     report.written.append(item.case_id)
-                except (CaseError, ValueError, RuntimeError) as err:
-                    report.failed[item.case_id] = str(err)
-                    log.error("case %s failed: %s", item.case_id, err)
+                except (CaseError, ValueError, RuntimeError, OSError) as err:
+                    report.failed[item.case_id] = describe_os_error(err) if isinstance(err, OSError) else str(err)
+                    log.error("case %s failed: %s", item.case_id, report.failed[item.case_id])
+                    if isinstance(err, OSError) and err.errno in OUTPUT_FULL:
+                        report.stopped = f"{out_dir}: {err.strerror}"
+                        break  # every later case would fail the same way
             bar.advance(task)
+    if report.stopped:
+        done = {*report.written, *report.failed}
+        report.not_attempted = [i.case_id for i in todo if i.case_id not in done]
+        log.error("Stopped: %s; %d case(s) not attempted.", report.stopped, len(report.not_attempted))
+        return report  # summary.csv would not fit either
 
     conventions = {i.case_id: _convention(i, settings) for i in items}
     report.summary_csv = write_summary(out_dir, {c: v for c, v in conventions.items() if c not in report.failed})
     return report
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Create ``out_dir`` and write a file there, so that an output that cannot be written stops
+    ``predict`` before the first case rather than failing every case."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as err:
+        raise PredictionError(f"output_dir={out_dir} cannot be written: {describe_os_error(err)}.") from err
 
 
 def _convention(item: InputCase, settings: PredictSettings) -> str:
@@ -142,25 +176,37 @@ def _as_list(value) -> list:
     return list(value)
 
 
-def _chosen(items: list[InputCase], spec, root: Path) -> list[InputCase]:
-    """The cases of ``items`` that ``cases=`` names, in its order."""
+def _chosen(
+    items: list[InputCase], skipped: dict[str, str], spec, root: Path
+) -> tuple[list[InputCase], dict[str, str]]:
+    """The cases of ``items`` that ``cases=`` names, in its order, and those of ``skipped`` it names."""
     try:
         wanted = select_cases(spec)
     except ValueError as err:
         raise PredictionError(f"cases={spec}: {err}") from err
     by_id = {i.case_id: i for i in items}
-    unknown = [c for c in wanted if c not in by_id]
+    skipped = {c: why for c, why in skipped.items() if c in wanted}
+    unknown = [c for c in wanted if c not in by_id and c not in skipped]
     if unknown:
         raise PredictionError(
             f"cases: {len(unknown)} case(s) are not in input={root}: {unknown[:5]}; check the input folder or the list."
         )
-    return [by_id[c] for c in dict.fromkeys(wanted)]
+    return [by_id[c] for c in dict.fromkeys(wanted) if c in by_id], skipped
+
+
+def _skipped(problems: list[Problem]) -> dict[str, str]:
+    """The cases ``find_cases`` left out (by case id, else by file), with why."""
+    skipped: dict[str, str] = {}
+    for problem in problems:
+        key = problem.case_id or str(problem.path or problem.message)
+        skipped[key] = f"{skipped[key]}; {problem.message}" if key in skipped else problem.message
+    return skipped
 
 
 def build_predictor(cfg) -> Predictor:
     """The ``Predictor`` of ``predict.py``'s checkpoints (``ckpt_path``, ``ckpt_sha256``); each
     test-time option that is null keeps every checkpoint's own setting."""
-    specs = _as_list(cfg.ckpt_path)
+    specs = [] if OmegaConf.is_missing(cfg, "ckpt_path") else _as_list(cfg.ckpt_path)
     if not specs:
         raise PredictionError("Give `ckpt_path=PATH` (or a URL, or a list [A,B,C] for an ensemble).")
     return Predictor.from_checkpoints(
@@ -189,10 +235,12 @@ def run(cfg) -> int:
             )
         if not root.exists():
             raise PredictionError(f"input={root}: no such folder.")
-        items = dataset_cases(root, cfg.get("layout"))
+        items, problems = find_cases(root, cfg.get("layout"))
+        skipped = _skipped(problems)
         if cfg.get("cases"):
-            items = _chosen(items, cfg.cases, root)
+            items, skipped = _chosen(items, skipped, cfg.cases, root)
     else:
+        skipped = {}
         files = {m: cfg.files.get(m) for m in cfg.files}
         items = [explicit_case(files, cfg.get("case_id"), "brats2020" if labels == "auto" else labels)]
         missing = [m for m in needed if m not in items[0].files]
@@ -213,12 +261,13 @@ def run(cfg) -> int:
     )  # fmt: skip
     started = time.perf_counter()
     report = predict(items, predictor, settings)
+    report.skipped = skipped
     elapsed = time.perf_counter() - started
     print(format_report(report, out_dir, elapsed), flush=True)
 
-    status = 1 if report.failed else 0
+    status = EXIT_OK if report.complete else EXIT_INCOMPLETE
     with_refs = [i for i in items if i.reference is not None]
-    if cfg.evaluate and with_refs and cfg.input:
+    if cfg.evaluate and with_refs and cfg.input and not report.stopped:
         from tumorseg.evaluate import evaluate_folder
 
         result = evaluate_folder(
@@ -226,21 +275,30 @@ def run(cfg) -> int:
             cases=[i.case_id for i in items],
         )  # fmt: skip
         if result.missing or result.errors:
-            status = 1
+            status = EXIT_INCOMPLETE
     return status
 
 
 def format_report(report: PredictReport, out_dir: Path, elapsed: float) -> str:
-    lines = [
-        f"Segmentations: {out_dir}  ({len(report.written)} written, {len(report.kept)} kept, {len(report.failed)} failed, {elapsed:.1f} s)"
-    ]
+    counts = (
+        f"{len(report.written)} written, {len(report.kept)} kept, {len(report.skipped)} skipped, "
+        f"{len(report.failed)} failed" + (f", {len(report.not_attempted)} not attempted" if report.stopped else "")
+    )
+    lines = [f"Segmentations: {out_dir}  ({counts}, {elapsed:.1f} s)"]
     if report.timings:
         t = {k: float(np.median([v[k] for v in report.timings.values()])) for k in ("read_s", "infer_s", "write_s")}
         lines.append(
             f"Median per case: read+preprocess {t['read_s']:.2f} s, inference {t['infer_s']:.2f} s, write {t['write_s']:.2f} s"
         )
+    for case_id, message in report.skipped.items():
+        lines.append(f"SKIPPED {case_id}: {message}")
     for case_id, message in report.failed.items():
         lines.append(f"FAILED {case_id}: {message}")
+    if report.stopped:
+        lines.append(
+            f"STOPPED: {report.stopped}; {len(report.not_attempted)} case(s) not attempted. The cases written are "
+            "complete and kept: run the same command again once the output can take the rest."
+        )
     if report.summary_csv:
         lines.append(f"Volumes: {report.summary_csv}")
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """Training from a composed Hydra config: ``train(cfg)`` is a plain function that tests call;
-the repository's ``train.py`` wraps it in ``@hydra.main``."""
+the repository's ``train.py`` runs ``run`` as a Hydra task (``tumorseg.cli.hydra_command``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from tumorseg.cli import EXIT_INCOMPLETE, in_multirun
 from tumorseg.labels import MODALITIES, REGION_NAMES, REGIONS
 from tumorseg.sizes import AUTO, auto_counts, auto_patch_edge, format_size, size3
 from tumorseg.training.callbacks import AtomicCheckpointIO
@@ -287,25 +288,19 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, float], best
 
 
 def run(cfg: DictConfig) -> float | None:
-    """``train`` plus what the command line needs: the sweep objective, and clean failures."""
+    """``train`` plus what the command line needs: the sweep objective, and training stopped by
+    non-finite losses as exit status 1 (``EXIT_INCOMPLETE``). User errors (``ValueError``,
+    ``OSError``, config errors) propagate to ``train.py``'s ``tumorseg.cli.hydra_command``, which
+    explains them in one message and exits with status 2."""
     try:
         metrics, _ = train(cfg)
     except NonFiniteLossError as err:
         log.error("%s", err)
-        if _in_sweep():
+        if in_multirun():
             return float("nan")  # a failed trial, not a failed sweep
-        raise SystemExit(1) from err
+        raise SystemExit(EXIT_INCOMPLETE) from err
     value = metrics.get(cfg.monitor.metric)
     if value is None or not math.isfinite(value):
         log.warning("The monitored metric %s was not computed.", cfg.monitor.metric)
         return None
     return value
-
-
-def _in_sweep() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
-    except ValueError:
-        return False
