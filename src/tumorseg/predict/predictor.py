@@ -198,6 +198,8 @@ class Predictor:
         schemes = {model.scheme for model in self.models}
         self.scheme = schemes.pop() if len(schemes) == 1 else "regions"
         self.groups = group_models(self.models)
+        # reads and preprocesses cases for all groups at once; holds no model (DataLoader workers)
+        self.reader = CaseReader([(group.modalities, group.preprocess) for group in self.groups])
         for model in self.models:
             model.eval().to(self.device)
 
@@ -235,9 +237,6 @@ class Predictor:
         """The modalities the models need, in ``MODALITIES`` order."""
         return self.reader.needed
 
-    @property
-    def reader(self) -> CaseReader:
-        return CaseReader([(group.modalities, group.preprocess) for group in self.groups])
 
     def describe(self) -> list[str]:
         """One line per model: the settings it runs with."""
