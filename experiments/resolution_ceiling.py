@@ -1,6 +1,6 @@
 """The Dice a network can reach at most when it predicts at 1/s of the input's resolution.
 
-    python experiments/resolution_ceiling.py data/synthetic/32x96x96x64-seed0
+    python experiments/resolution_ceiling.py data/synthetic/32x96x96x64-seed0-v2
     python experiments/resolution_ceiling.py /data/BraTS2021_Training_Data --strides 1 2 4 8 --max-cases 50
 
 For each case and region (WT, TC, ET) the reference mask is averaged over s x s x s blocks (the

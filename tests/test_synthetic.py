@@ -59,7 +59,7 @@ def test_layout_types_and_header(dataset):
             assert image.shape == SMALL
             assert image.get_data_dtype() == (np.uint8 if name == "seg" else np.int16)
             assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
-            assert image.header.get_zooms() == (1.0, 1.0, 1.0)
+            np.testing.assert_allclose(image.header.get_zooms(), synthetic.phantom_spacing(SMALL), rtol=1e-6)
             assert image.header.get_xyzt_units()[0] == "mm"
             header = path.read_bytes()[:10]
             assert header[4:8] == b"\0\0\0\0", "gzip mtime must be 0"
@@ -68,15 +68,91 @@ def test_layout_types_and_header(dataset):
         assert set(np.unique(label)) <= {0, 1, 2, 4} and (label > 0).any()
 
 
-def test_default_shape_geometry():
-    images, label = make_phantom(np.random.default_rng([0, 1]))
+@pytest.fixture(scope="module")
+def full() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One case at BraTS's 1 mm grid."""
+    return make_phantom(np.random.default_rng([0, 1]))
+
+
+def test_default_shape_geometry(full):
+    images, label = full
     brain = images["t1"] > 0
     assert brain.shape == label.shape == DEFAULT_SHAPE
-    # A 1 mm BraTS volume holds a brain of about 1.0-2.0 litres that nowhere touches the edge.
-    assert 1.0e6 < brain.sum() < 2.0e6
+    # A brain of 1.2-1.9 litres, like BraTS's, that touches no edge: its bottom is a flat cut
+    # through the brainstem a few mm above the first slice, as BraTS's masks end.
+    assert 1.2e6 < brain.sum() < 1.9e6
     for axis in range(3):
         assert not np.take(brain, [0, -1], axis=axis).any()
+    area = brain.sum(axis=(0, 1))
+    bottom = int(np.flatnonzero(area)[0])
+    assert 3 <= bottom <= 25
+    # brainstem and cerebellum: the lowest centimetre is much narrower than the cerebrum
+    assert area[bottom : bottom + 10].max() < 0.5 * area.max()
     assert nib.aff2axcodes(synthetic.brats_affine(DEFAULT_SHAPE)) == ("L", "P", "S")
+    np.testing.assert_allclose(np.abs(np.diag(synthetic.brats_affine((96, 96, 64)))[:3]), [2.5, 2.5, 155 / 64])
+
+
+def test_ventricles_and_enhancing_healthy_structures(full):
+    images, label = full
+    brain = images["t1"] > 0
+    t2, flair, t1ce = (images[m] / images[m][brain].mean() for m in ("t2", "flair", "t1ce"))
+    # the ventricles: large T2-bright, FLAIR-dark spaces deep in the brain
+    csf = brain & (t2 > 1.6) & (flair < 0.8) & (label == 0)  # relative: the scans have an offset
+    parts, count = ndimage.label(csf)
+    sizes = ndimage.sum(csf, parts, range(1, count + 1))
+    biggest = parts == 1 + int(np.argmax(sizes))
+    assert sizes.max() > 5000  # mm3
+    centre = tuple(np.round(np.argwhere(biggest).mean(axis=0)).astype(int))
+    assert ndimage.distance_transform_edt(brain)[centre] > 25  # mm from the brain's surface
+    # Vessels and choroid plexus enhance as much as tumour does, away from any tumour.
+    et_level = np.median(t1ce[label == 4])
+    far = ndimage.distance_transform_edt(label == 0) > 10
+    assert np.count_nonzero(brain & far & (t1ce > 0.8 * et_level)) > 50
+
+
+def test_mass_effect_keeps_volume():
+    focus = synthetic._Focus(np.zeros(3, np.float32), radius=12.0, push=8.0)
+    r = np.array([1.0, 7.9, 8.5, 12.0, 20.0, 60.0])
+    points = np.stack([r, np.zeros_like(r), np.zeros_like(r)]).reshape(3, -1, 1, 1)
+    r0 = np.linalg.norm(synthetic._displace(points, [focus]), axis=0).ravel()
+    # tissue now at distance r came from r0 = (r^3 - a^3)^(1/3): the shell between them keeps its volume
+    np.testing.assert_allclose(r0, np.cbrt(np.maximum(r**3 - 8.0**3, 0)), atol=1e-4)
+    assert r[-1] - r0[-1] < 8.0**3 / (3 * 60.0**2) + 1e-3  # far away, the push fades as 1/r^2
+
+
+CORE = (synthetic.NCR, synthetic.NET, synthetic.ET, synthetic.BLOOD)
+
+
+def test_edema_spreads_along_white_matter_and_spares_csf():
+    shape = (64, 64, 64)
+    frame = synthetic._Frame.centred(shape, (1.5, 1.5, 1.5))
+    x = np.broadcast_to(frame.axes[0], shape)
+    maps = {"brain": np.ones(shape, np.float32), "wm": (x < 0).astype(np.float32), "csf": np.zeros(shape, np.float32)}
+    maps["csf"][:, :, :6] = 1  # a CSF slab the edema must not enter
+    reach = {"wm": [], "gm": []}
+    for seed in range(4):
+        focus = synthetic._Focus(np.zeros(3, np.float32), radius=8.0, push=4.0)
+        classes, _ = synthetic._paint_tumours(np.random.default_rng(seed), frame, [focus], maps)
+        edema = classes == synthetic.ED
+        assert edema.any() and not edema[:, :, :6].any()
+        from_core = ndimage.distance_transform_edt(~np.isin(classes, CORE), sampling=frame.spacing)
+        reach["wm"].append(from_core[edema & (x < 0)].max())
+        reach["gm"].append(from_core[edema & (x > 0)].max())
+    # further beyond the core along white matter (x < 0) than into grey matter (x > 0), every time
+    assert all(w > 1.5 * g for w, g in zip(reach["wm"], reach["gm"])), reach
+
+
+def test_gliomas_vary_like_real_ones():
+    kinds = {"no_et": 0, "multifocal": 0, "rim_gap": 0}
+    for i in range(30):
+        _, label = make_phantom(np.random.default_rng([2, i]), (64, 64, 48))
+        core = np.isin(label, (1, 4))
+        kinds["no_et"] += not (label == 4).any()
+        kinds["multifocal"] += ndimage.label(label > 0)[1] > 1
+        # a gap in the rim: non-enhancing core touching edema or brain where the rim should be
+        outer = core & ~ndimage.binary_erosion(core)
+        kinds["rim_gap"] += (label == 4).any() and (label[outer] == 1).mean() > 0.1
+    assert kinds["no_et"] >= 2 and kinds["multifocal"] >= 2 and kinds["rim_gap"] >= 5, kinds
 
 
 def test_same_seed_same_bytes_whatever_workers_or_cases(dataset, tmp_path):
@@ -104,7 +180,7 @@ def test_background_is_exactly_zero_outside_one_brain():
             assert images[name].min() >= 0
         assert not label[~brain].any(), "tumour outside the brain"
         assert ndimage.label(brain)[1] == 1
-        assert 0.15 < brain.mean() < 0.6
+        assert 0.1 < brain.mean() < 0.3  # 1.2-1.9 litres of 8.9
         assert label.dtype == np.uint8 and (label > 0).any()
 
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -466,7 +466,7 @@ class BratsDataModule(pl.LightningDataModule):
 class SyntheticDataModule(BratsDataModule):
     """``BratsDataModule`` over synthetic phantoms, generated on first use.
 
-    The phantoms go to ``root/<cases>x<shape>-seed<data_seed>``, so settings never mix in one
+    The phantoms go to ``root/<cases>x<shape>-seed<data_seed>-v<phantom version>``, so settings never mix in one
     folder; an existing folder with the same settings is reused (and completed if a previous
     generation was interrupted).
 
@@ -483,8 +483,16 @@ class SyntheticDataModule(BratsDataModule):
     ):
         shape = tuple(int(s) for s in shape)
         self.cases, self.shape, self.data_seed = cases, shape, data_seed
-        folder = Path(root).expanduser() / f"{cases}x{'x'.join(map(str, shape))}-seed{data_seed}"
+        from tumorseg.data.synthetic import PHANTOM_VERSION, phantom_spacing
+
+        # the version in the name: phantoms of an older generator stay where they are, untouched
+        name = f"{cases}x{'x'.join(map(str, shape))}-seed{data_seed}-v{PHANTOM_VERSION}"
+        folder = Path(root).expanduser() / name
         super().__init__(folder, **kwargs)
+        config = self.preprocess_config
+        if config.spacing is None and config.in_plane is None:
+            # Recorded with the model, so that a real 1 mm scan is resampled to the grid it learned on.
+            self.preprocess_config = replace(config, spacing=phantom_spacing(shape))
 
     def generate(self, progress: bool = True) -> None:
         from tumorseg.data.synthetic import generate_dataset

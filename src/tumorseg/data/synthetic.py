@@ -1,35 +1,51 @@
-"""Synthetic BraTS-like phantoms: four MRI modalities and a tumour label map per case.
+"""Synthetic BraTS-like phantoms on a real brain: four MRI modalities and a tumour label map per case.
 
-Each case is a skull-stripped head (a noise-deformed ellipsoid filled with white matter, a folded
-grey-matter cortex, sulci, an interhemispheric fissure, deep grey nuclei and lateral ventricles)
-holding 1-3 irregular tumours. A tumour has a necrotic core (NCR), an enhancing rim (ET) and
-surrounding edema (ED), with the contrasts they have on real scans, so a network needs all four
-modalities to tell the classes apart:
+The healthy brain is the MNI ICBM152 2009 template shipped inside nilearn (``tumorseg.data.anatomy``):
+its grey matter, white matter and CSF maps, its T1 texture, ventricles, cerebellum and brainstem,
+placed in the BraTS frame (240x240x155 mm, L-P-S axes) through a random rotation, scaling, shift
+and smooth warp. Into it grow 1-3 gliomas:
 
-========  =====  =====  ======  =====
-class     FLAIR  T1     T1ce    T2
-========  =====  =====  ======  =====
-CSF       --     --     --      ++
-ED        ++     -      -       +
-ET        ~      -      ++      ~
-NCR       +      --     --      ++
-blood     +      +      +       ~
-========  =====  =====  ======  =====
+- the tumour pushes the brain aside (mass effect: a volume-preserving radial displacement of the
+  anatomy around each focus);
+- edema spreads along white matter, much less into cortex, never into CSF;
+- the core has irregular necrosis inside an enhancing rim of varying thickness with gaps (the gaps
+  are non-enhancing tumour); about 15% of cases have no enhancement at all, 10% a tiny spot;
+- 20% of cases are multifocal; blood products sit inside some cores.
 
-(signal against healthy brain, ~ about that of grey matter.) Blood products inside some cores are
-labelled NCR and are why T1 is needed: they are bright on T1ce without enhancing. About 15% of
-cases have a tiny or no enhancing tumour, as low-grade gliomas do. The images then go through what
-a scanner does: partial-volume blur, a smooth multiplicative bias field, Rician noise and a random
-intensity scale and offset per modality, so intensity normalisation matters.
+The four modalities come from the tissue maps with each sequence's contrasts (against healthy
+brain; ~ about that of grey matter):
+
+=========  =====  =====  ======  =====
+class      FLAIR  T1     T1ce    T2
+=========  =====  =====  ======  =====
+CSF        --     --     --      ++
+ED         ++     -      -       +
+ET         ~      -      ++      ~
+NCR        +      --     --      ++
+NET        +      -      -       +
+blood      +      +      +       ~
+vessels    -      ~      ++      --
+choroid    ~      ~      ++      +
+=========  =====  =====  ======  =====
+
+so a network needs all four modalities to tell the classes apart; vessels and the choroid plexus
+enhance like tumour does, so enhancement alone is not tumour. The template's T1 texture modulates
+every modality (with the opposite sign on T2 and FLAIR). Then comes what a scanner does:
+partial-volume blur, a smooth multiplicative bias field, Rician noise and a random intensity scale
+and offset per modality, so intensity normalisation matters.
+
+Resolution: the field of view is always BraTS's 240x240x155 mm; ``shape`` sets the voxels (the
+default 240x240x155 is 1 mm; the quick start's 96x96x64 is 2.5x2.5x2.42 mm) and every anatomical and
+tumour size is in mm, so a coarse case is the same brain and tumour seen at a lower resolution.
 
 Command line::
 
     python -m tumorseg.data.synthetic OUT --cases N --seed S [--shape X Y Z] [--preview] [--workers K] [--debug]
 
 writes the BraTS 2020 layout ``OUT/BraTS20_Training_001/BraTS20_Training_001_{flair,t1,t1ce,t2,seg}.nii.gz``:
-int16 images, uint8 labels with the BraTS 2020 values 0 background, 1 NCR, 2 ED, 4 ET, a 1 mm
-isotropic LPS affine like real BraTS, 240x240x155 voxels by default. ``--preview`` adds
-``OUT/previews/<case_id>.png``, an axial slice through the tumour of each modality and the label.
+int16 images, uint8 labels with the BraTS 2020 values 0 background, 1 NCR/NET, 2 ED, 4 ET, an LPS
+affine with the case's voxel size, like real BraTS. ``--preview`` adds ``OUT/previews/<case_id>.png``,
+an axial slice through the tumour of each modality and the label.
 
 Reproducibility: case ``i`` is drawn from ``np.random.default_rng([seed, i])`` alone and the files
 are gzipped without a timestamp or file name, so identical arguments give byte-identical files,
@@ -60,17 +76,23 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import nibabel as nib
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from tumorseg.cli import add_debug_option, environment, run_command
+from tumorseg.data.anatomy import CHANNELS, FRAME_CENTRE_MNI, FRAME_MM, load_template
 from tumorseg.io import write_atomic
 from tumorseg.labels import CLASS_COLOURS, CONVENTIONS, MODALITIES, MODALITY_NAMES
 
-__all__ = ["DEFAULT_SHAPE", "MANIFEST", "brats_affine", "case_id", "generate_dataset", "main", "make_phantom"]
+__all__ = [
+    "DEFAULT_SHAPE", "MANIFEST", "brats_affine", "case_id", "generate_dataset", "main", "make_phantom",
+    "phantom_spacing",
+]  # fmt: skip
 
 DEFAULT_SHAPE = (240, 240, 155)  # BraTS: 1 mm voxels, axes running R->L, A->P, I->S
 MIN_SIZE = 16  # voxels per axis below which the anatomy has no room
@@ -79,36 +101,38 @@ MANIFEST = "synthetic.json"
 CASE_PREFIX = "BraTS20_Training_"
 # Bump whenever make_phantom's output changes, so folders written by an older version are refused
 # instead of being topped up with cases that do not match.
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 GZIP_LEVEL = 1  # nibabel's default for .nii.gz: level 6+ is 2-3x slower for 2% smaller files
 
-# Tissue classes while the phantom is built; BRATS_LABEL maps them to the values written to disk.
-BACKGROUND, CSF, GM, WM, ED, NCR, ET, BLOOD = range(8)
-BRATS_LABEL = np.array([0, 0, 0, 0, 2, 1, 4, 1], dtype=np.uint8)
-
+# Classes of the signal model; BRATS_LABEL maps them to the values written to disk.
+CSF, GM, WM, ED, NCR, NET, ET, BLOOD, VESSEL, CHOROID = range(10)
+BRATS_LABEL = np.array([0, 0, 0, 2, 1, 1, 4, 1, 0, 0], dtype=np.uint8)
 # Signal of each class per modality (columns in MODALITIES order: flair, t1, t1ce, t2), relative
 # to white matter on T1, after the usual clinical appearance of gliomas.
 CONTRAST = np.array(
     [
-        [0.00, 0.00, 0.00, 0.00],  # background
-        [0.15, 0.30, 0.32, 1.60],  # CSF: suppressed on FLAIR, the brightest tissue on T2
-        [0.90, 0.72, 0.76, 0.80],  # grey matter
-        [0.70, 1.00, 1.00, 0.55],  # white matter
-        [1.55, 0.68, 0.70, 1.30],  # edema: bright on FLAIR and T2, slightly dark on T1 and T1ce
-        [1.00, 0.45, 0.40, 1.55],  # necrosis / non-enhancing core: dark on T1ce, bright on T2
-        [0.90, 0.75, 1.80, 0.80],  # enhancing tumour: bright on T1ce only, grey-matter-like elsewhere
-        [1.10, 1.40, 1.45, 0.70],  # blood products: bright on T1 as well as T1ce, so not enhancement
+        [0.15, 0.30, 0.32, 1.90],  # CSF: suppressed on FLAIR, the brightest tissue on T2
+        [0.95, 0.72, 0.76, 0.85],  # grey matter
+        [0.72, 1.00, 1.00, 0.55],  # white matter
+        [1.50, 0.68, 0.70, 1.35],  # edema: bright on FLAIR and T2, slightly dark on T1 and T1ce
+        [0.95, 0.42, 0.40, 1.60],  # necrosis: dark on T1ce, bright on T2
+        [1.30, 0.58, 0.60, 1.40],  # non-enhancing tumour: like edema, darker on T1
+        [0.95, 0.66, 1.75, 0.85],  # enhancing tumour: bright on T1ce only, grey-matter-like elsewhere
+        [1.10, 1.35, 1.40, 0.70],  # blood products: bright on T1 as well as T1ce, so not enhancement
+        [0.45, 0.70, 1.80, 0.35],  # vessels: enhance, flow voids on T2 and FLAIR
+        [0.90, 0.75, 1.65, 1.00],  # choroid plexus: enhances
     ],
     dtype=np.float32,
 )
+# How the template's T1 texture carries into each modality: T1-bright nuclei are darker on T2.
+TEMPLATE_TEXTURE = np.array([-0.5, 1.0, 1.0, -0.8], dtype=np.float32)
 # Relative amplitude of the fine texture: tumours are more heterogeneous than healthy tissue.
-TEXTURE = np.array([0.0, 0.03, 0.03, 0.03, 0.05, 0.10, 0.10, 0.10], dtype=np.float32)
-
-BRAIN_FRACTION = np.array([0.60, 0.74, 0.80])  # brain semi-axes / half the volume, about as in BraTS
-BRAIN_DEFORM = 0.07  # the surface moves by at most this fraction of the radius
+TEXTURE = np.array([0.03, 0.03, 0.03, 0.05, 0.10, 0.08, 0.10, 0.10, 0.05, 0.05], dtype=np.float32)
 # the phantoms' labels are BraTS 2020 values: each value gets the colour of its internal class
 PREVIEW_COLOURS = {value: CLASS_COLOURS[cls] for value, cls in CONVENTIONS["brats2020"].items() if cls}
+BRAIN_CENTRE_MNI = np.array([0.0, -17.0, 5.0])  # the middle of the template brain's bounding box
+FLIP = np.array([-1.0, -1.0, 1.0])  # L-P-S frame axes -> R-A-S MNI axes
 
 
 def case_id(index: int) -> str:
@@ -116,10 +140,16 @@ def case_id(index: int) -> str:
     return f"{CASE_PREFIX}{index:03d}"
 
 
+def phantom_spacing(shape: Sequence[int]) -> tuple[float, float, float]:
+    """Voxel size in mm of a phantom of ``shape`` voxels: the BraTS field of view over the shape."""
+    return tuple(float(f / n) for f, n in zip(FRAME_MM, shape[:3]))
+
+
 def brats_affine(shape: Sequence[int]) -> np.ndarray:
-    """1 mm isotropic voxel-to-world affine in LPS orientation (BraTS's), volume centre at the origin."""
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine[:3, 3] = (np.asarray(shape[:3], dtype=float) - 1) / 2 * [1, 1, -1]
+    """Voxel-to-world affine in LPS orientation (BraTS's) with the phantom's voxel size, volume centre at the origin."""
+    spacing = np.array(phantom_spacing(shape))
+    affine = np.diag([*(FLIP * spacing), 1.0])
+    affine[:3, 3] = (np.asarray(shape[:3], dtype=float) - 1) / 2 * spacing * [1, 1, -1]
     return affine
 
 
@@ -133,11 +163,6 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
 def _along(values: np.ndarray, axis: int) -> np.ndarray:
     """A 1D array as float32, shaped to broadcast along ``axis`` of a 3D array."""
     return np.asarray(values, dtype=np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
-
-
-def _grid(lo: Sequence[int], hi: Sequence[int], origin: Sequence[float], unit: Sequence[float]) -> list[np.ndarray]:
-    """Broadcastable coordinates of the box ``lo:hi``, relative to ``origin`` in ``unit`` voxels per axis."""
-    return [_along((np.arange(lo[i], hi[i]) - origin[i]) / unit[i], i) for i in range(3)]
 
 
 def _separable(grid: np.ndarray, matrices: Sequence[np.ndarray]) -> np.ndarray:
@@ -164,180 +189,241 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], scale: float) 
     return _separable(noise, matrices)
 
 
-def _gyri(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, centre: np.ndarray, semi: np.ndarray) -> np.ndarray:
-    """Unit-variance field over the box ``lo:hi`` that is constant along rays from the brain centre.
-
-    A sum of random waves over the direction from the centre: its zero level set is a labyrinth of
-    sheets standing perpendicular to the brain surface, as sulci do. Evaluated on a coarse grid and
-    interpolated linearly, since the waves are many voxels long.
-    """
-    waves = 24
-    frequency = rng.standard_normal((waves, 3))
-    frequency *= rng.uniform(18, 30, (waves, 1)) / np.linalg.norm(frequency, axis=1, keepdims=True)
-    phase = rng.uniform(0, 2 * np.pi, waves)
-    step = max(1.0, 0.06 * float(np.prod(semi) ** (1 / 3)))
-    matrices, axes = [], []
-    for i in range(3):
-        knots = np.arange(0, hi[i] - lo[i] - 1 + step, step)
-        w = np.maximum(0, 1 - np.abs(np.arange(hi[i] - lo[i])[:, None] - knots[None, :]) / step)
-        matrices.append((w / w.sum(axis=1, keepdims=True)).astype(np.float32))
-        axes.append(_along((lo[i] + knots - centre[i]) / semi[i], i))
-    direction = np.stack(np.broadcast_arrays(*axes), axis=-1)
-    direction /= np.linalg.norm(direction, axis=-1, keepdims=True) + 1e-6
-    field = np.cos(direction @ frequency.T + phase).sum(axis=-1) / np.sqrt(waves / 2)
-    return _separable(field.astype(np.float32), matrices)
+# ------------------------------------------------------------------------------------ anatomy
 
 
 @dataclass
-class _Anatomy:
-    """Healthy brain, in a box of the volume that holds it (all arrays are the box's shape)."""
+class _Frame:
+    """The output grid: voxel size, and each voxel's position in mm from the frame's centre (L-P-S)."""
 
-    box: tuple[slice, slice, slice]
-    mask: np.ndarray  # bool: inside the brain
-    depth: np.ndarray  # 0 on the brain surface, about 1 at its centre, negative outside
-    tissue: np.ndarray  # uint8 class: BACKGROUND, CSF, GM or WM
-    texture: np.ndarray  # fine unit-variance noise for tissue heterogeneity
-    radius: float  # brain radius in voxels: the unit of every anatomical size
+    shape: tuple[int, int, int]
+    spacing: np.ndarray  # mm per voxel along each axis
+    axes: list[np.ndarray]  # broadcastable coordinates in mm
 
+    @classmethod
+    def centred(cls, shape: Sequence[int], spacing: Sequence[float]) -> _Frame:
+        spacing = np.asarray(spacing, dtype=float)
+        axes = [_along((np.arange(n) - (n - 1) / 2) * h, i) for i, (n, h) in enumerate(zip(shape, spacing))]
+        return cls(tuple(int(n) for n in shape), spacing, axes)
 
-def _anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> _Anatomy:
-    half = np.array(shape) / 2
-    semi = half * BRAIN_FRACTION * rng.uniform(0.92, 1.05, 3)
-    centre = (np.array(shape) - 1) / 2 + rng.uniform(-0.03, 0.03, 3) * half
-    radius = float(np.prod(semi) ** (1 / 3))
-    # The brain never reaches past semi / (1 - BRAIN_DEFORM) (x 1.06 for the wider back), so all
-    # full-resolution work happens in that box: a third of a BraTS volume.
-    reach = semi * [1.06, 1.0, 1.0] / (1 - BRAIN_DEFORM) + 2
-    lo = np.maximum(np.floor(centre - reach), 0).astype(int)
-    hi = np.minimum(np.ceil(centre + reach) + 1, shape).astype(int)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    crop = tuple(hi - lo)
-    ux, uy, uz = _grid(lo, hi, centre, semi)
+    @property
+    def voxel(self) -> float:
+        return float(self.spacing.mean())
 
-    # Egg-shaped like a brain: wider at the back (+y is posterior in LPS), flatter underneath.
-    r = np.sqrt((ux / (1 + 0.06 * uy)) ** 2 + uy**2 + (uz * (1 + 0.15 * np.maximum(-uz, 0))) ** 2)
-    r = r * (1 + BRAIN_DEFORM * np.tanh(_smooth_noise(rng, crop, 0.45 * radius)))
-    depth = 1 - r
-    mask = depth > 0
-
-    tissue = np.full(crop, WM, dtype=np.uint8)
-    wobble = _smooth_noise(rng, crop, 0.08 * radius)
-    # Cortex: an outer band of grey matter holding the white-matter cores of the gyri, cut by sulci.
-    # Sulci are the zero level set of a field that varies mostly across the surface, made wavy by
-    # 3D noise: a CSF sheet near it, grey matter further out, white matter further still.
-    folds = np.abs(0.85 * _gyri(rng, lo, hi, centre, semi) + 0.5 * wobble)
-    cortex = depth < 0.22 + 0.04 * wobble
-    tissue[(depth < 0.06) | (cortex & (folds < 0.8))] = GM
-    tissue[(depth < 0.015) | (cortex & (folds < 0.12) & (depth < 0.2))] = CSF
-
-    # Interhemispheric fissure, wobbling about the midline, lined with grey matter.
-    midline = np.abs(ux * semi[0] + 0.02 * radius * _smooth_noise(rng, crop, 0.3 * radius))
-    width = max(0.6, 0.012 * radius)
-    tissue[(midline < 3 * width) & (depth < 0.42) & (tissue == WM)] = GM
-    tissue[(midline < width) & (depth < 0.38)] = CSF
-
-    # Deep grey nuclei; the lateral ventricles, bananas whose ends curve down and apart; the third ventricle.
-    size = rng.uniform(0.75, 1.35)
-    for side in (-1, 1):
-        nuclei = ((ux - 0.24 * side) / 0.11) ** 2 + ((uy - 0.02) / 0.20) ** 2 + ((uz + 0.02) / 0.14) ** 2
-        tissue[np.sqrt(nuclei) + 0.15 * wobble < 1] = GM
-    for side in (-1, 1):
-        bend = 0.35 * uy**2
-        ventricle = (
-            ((ux - (0.08 + bend) * side) / 0.07) ** 2 + ((uy + 0.02) / 0.42) ** 2 + ((uz - 0.15 + bend) / 0.14) ** 2
-        )
-        tissue[np.sqrt(ventricle) / size + 0.15 * wobble < 1] = CSF
-    tissue[
-        (np.abs(ux * semi[0]) < max(0.7, 0.02 * radius)) & (np.abs(uy + 0.05) < 0.14) & (np.abs(uz + 0.06) < 0.14)
-    ] = CSF
-
-    tissue[~mask] = BACKGROUND
-    texture = _smooth_noise(rng, crop, 0.05 * radius)
-    return _Anatomy(box, mask, depth, tissue, texture, radius)
+    def noise(self, rng: np.random.Generator, shape: Sequence[int], scale_mm: float) -> np.ndarray:
+        return _smooth_noise(rng, shape, scale_mm / self.voxel)
 
 
-def _add_lesions(rng: np.random.Generator, anatomy: _Anatomy) -> tuple[np.ndarray, np.ndarray]:
-    """Paint 1-3 tumours into the tissue map.
+@dataclass
+class _Placement:
+    """Where a case's brain lies in the frame: frame mm -> MNI mm, through a random rotation,
+    scaling, shift and smooth warp (the warp field given per frame voxel)."""
 
-    Returns:
-        The class map (tissue classes with ED, NCR, ET and BLOOD painted in) and the edema weight,
-        how far each ED voxel has moved from its tissue's signal towards the edema signal (1 elsewhere).
+    matrix: np.ndarray  # 3x3
+    shift: np.ndarray  # mm
+    warp: np.ndarray  # (3, *shape) mm
+
+    def to_mni(self, points: np.ndarray, stride: int = 1) -> np.ndarray:
+        """MNI coordinates (3, ...) of frame points (3, ...) displaced from the grid by at most a few mm."""
+        world = FRAME_CENTRE_MNI.reshape(3, 1, 1, 1) + FLIP.reshape(3, 1, 1, 1) * points
+        centred = (world - BRAIN_CENTRE_MNI.reshape(3, 1, 1, 1)).reshape(3, -1)
+        moved = (self.matrix @ centred).reshape(points.shape)
+        warp = self.warp[:, ::stride, ::stride, ::stride]
+        return moved + (BRAIN_CENTRE_MNI + self.shift).reshape(3, 1, 1, 1) + warp
+
+
+def _placement(rng: np.random.Generator, frame: _Frame) -> _Placement:
+    angles = rng.normal(0, [6, 4, 4])  # degrees; pitch (about the L-R axis) varies most in practice
+    # brain size (1.3-1.85 litres, the template's 1.9 being large), then its proportions
+    scale = rng.uniform(0.88, 1.0) * rng.uniform(0.96, 1.04, 3)
+    matrix = Rotation.from_euler("xyz", angles, degrees=True).as_matrix() / scale[None, :]
+    shift = rng.normal(0, 3, 3)
+    warp = np.stack([rng.uniform(1.5, 3.0) * frame.noise(rng, frame.shape, 30) for _ in range(3)])
+    return _Placement(matrix, shift, warp.astype(np.float32))
+
+
+def _sample(template_maps: np.ndarray, world_to_voxel: np.ndarray, mni: np.ndarray, names: Sequence[str]) -> dict:
+    """The named template channels at MNI points (3, ...), linearly interpolated, zero outside."""
+    shape = mni.shape[1:]
+    voxels = (world_to_voxel[:3, :3] @ mni.reshape(3, -1) + world_to_voxel[:3, 3:4]).astype(np.float32)
+    return {
+        name: ndimage.map_coordinates(
+            template_maps[CHANNELS.index(name)], voxels, order=1, mode="constant", cval=0.0, output=np.float32
+        ).reshape(shape)
+        for name in names
+    }
+
+
+# ------------------------------------------------------------------------------------ tumours
+
+
+@dataclass
+class _Focus:
+    centre: np.ndarray  # frame mm
+    radius: float  # of the tumour core, mm
+    push: float  # radius of the healthy tissue the core displaced, mm (mass effect)
+
+
+def _frame_points(frame: _Frame, stride: int = 1) -> np.ndarray:
+    axes = [a.reshape(-1)[::stride] for a in frame.axes]
+    return np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float32)
+
+
+def _plan_foci(rng: np.random.Generator, frame: _Frame, placement: _Placement, template) -> list[_Focus]:
+    """1-3 tumour centres in deep supratentorial white matter, sized to fit in the brain."""
+    stride = max(1, int(round(4 / frame.voxel)))
+    points = _frame_points(frame, stride)
+    mni = placement.to_mni(points, stride)
+    maps = _sample(template.maps, template.world_to_voxel, mni, ("wm", "depth"))
+    supratentorial = (mni[2] > -5) & (mni[2] < 60)  # above the tentorium, below the vertex
+    count = rng.choice([1, 2, 3], p=[0.8, 0.15, 0.05])
+    foci: list[_Focus] = []
+    for k in range(count):
+        radius = rng.uniform(9, 26) if k == 0 else rng.uniform(5, 14)
+        fits = (maps["wm"] > 0.5) & supratentorial & (maps["depth"] > max(0.9 * radius, 12))
+        for focus in foci:  # apart from the other foci, so each is a lesion of its own
+            distance = np.sqrt(((points - focus.centre.reshape(3, 1, 1, 1)) ** 2).sum(axis=0))
+            fits &= distance > focus.radius + radius + 12
+        candidates = np.flatnonzero(fits)
+        if candidates.size == 0:
+            if foci:
+                break
+            # a brain too small for any core: the deepest white matter takes one as big as it allows
+            candidates = np.array([int(np.argmax(np.where(maps["wm"] > 0.3, maps["depth"], 0)))])
+            radius = max(min(radius, 0.9 * float(maps["depth"].flat[candidates[0]])), 2 * frame.voxel)
+        pick = np.unravel_index(candidates[rng.integers(candidates.size)], mni.shape[1:])
+        centre = points[(slice(None), *pick)] + rng.uniform(-0.5, 0.5, 3) * stride * frame.spacing
+        foci.append(_Focus(centre.astype(np.float32), float(radius), float(rng.uniform(0.3, 0.8) * radius)))
+    return foci
+
+
+def _displace(points: np.ndarray, foci: Sequence[_Focus]) -> np.ndarray:
+    """Where each frame point's tissue came from, before the tumours grew.
+
+    A core that grows to push radius ``a`` moves the tissue at distance ``r0`` out to
+    ``r = (r0^3 + a^3)^(1/3)``: the volume between them is kept, and the push fades as 1/r^2.
     """
-    classes = anatomy.tissue.copy()
-    weight = np.ones(classes.shape, dtype=np.float32)
-    enhancement = rng.choice(["rim", "tiny", "none"], p=[0.85, 0.07, 0.08])
-    bleeding = rng.random() < 0.3
-    candidates = np.flatnonzero(anatomy.depth > 0.3)  # deep enough for the core to fit in the brain
-    for k in range(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1])):
-        centre = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], classes.shape))
-        core_radius = max(anatomy.radius * rng.uniform(0.10, 0.28) * (rng.uniform(0.45, 0.8) if k else 1.0), 2.0)
-        axes = core_radius * rng.uniform(0.8, 1.25, 3)
-        edema_reach = rng.uniform(1.2, 2.0)  # edema radius / core radius
-        # A rim of at least 1.2 voxels, so small shapes keep a learnable enhancing tumour.
-        rim = max(rng.uniform(0.18, 0.40) * core_radius, 1.2) / core_radius
+    for focus in foci:
+        offset = points - focus.centre.reshape(3, 1, 1, 1)
+        r = np.sqrt((offset**2).sum(axis=0))
+        r0 = np.cbrt(np.maximum(r**3 - focus.push**3, 0.0))
+        points = focus.centre.reshape(3, 1, 1, 1) + offset * (r0 / np.maximum(r, 1e-6))
+    return points
 
-        half = np.ceil(axes * edema_reach * 1.4).astype(int) + 2
-        lo = np.maximum(centre - half, 0)
-        hi = np.minimum(centre + half + 1, classes.shape)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        crop = tuple(hi - lo)
-        distance = np.sqrt(sum(c**2 for c in _grid(lo, hi, centre, axes)))
-        in_brain = anatomy.mask[box]
 
-        # Noise scales the distance field, so outlines are irregular but the centre stays inside.
-        core_distance = distance * (1 + 0.18 * _smooth_noise(rng, crop, 0.5 * core_radius))
+def _box(frame: _Frame, centre: np.ndarray, reach_mm: float) -> tuple[slice, ...]:
+    index = [np.argmin(np.abs(a.reshape(-1) - c)) for a, c in zip(frame.axes, centre)]
+    half = np.ceil(reach_mm / frame.spacing).astype(int) + 2
+    return tuple(slice(max(i - h, 0), min(i + h + 1, n)) for i, h, n in zip(index, half, frame.shape))
+
+
+def _paint_tumours(
+    rng: np.random.Generator, frame: _Frame, foci: Sequence[_Focus], maps: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """The class map's tumour classes (-1 where healthy) and the blending weight of each lesion voxel."""
+    classes = np.full(frame.shape, -1, dtype=np.int8)
+    weight = np.zeros(frame.shape, dtype=np.float32)
+    brain = maps["brain"] > 0.5
+    enhancement = rng.choice(["rim", "tiny", "none"], p=[0.75, 0.10, 0.15])
+    for k, focus in enumerate(foci):
+        edema_reach = rng.uniform(6, 30)  # mm beyond the core, along white matter
+        box = _box(frame, focus.centre, 1.35 * focus.radius + 1.3 * edema_reach + 4)
+        crop = tuple(s.stop - s.start for s in box)
+        offsets = [a.reshape(-1)[s] - c for a, s, c in zip(frame.axes, box, focus.centre)]
+        axes = focus.radius * rng.uniform(0.8, 1.25, 3)
+        distance = np.sqrt(sum(_along(o / r, i) ** 2 for i, (o, r) in enumerate(zip(offsets, axes))))
+        in_brain = brain[box]
+
+        # Irregular outlines: noise scales the distance field, the centre stays inside.
+        core_distance = distance * (1 + 0.2 * frame.noise(rng, crop, 0.5 * focus.radius))
         core = (core_distance < 1) & in_brain
-        et = core & (core_distance > 1 - rim * (1 + 0.4 * _smooth_noise(rng, crop, 0.35 * core_radius)))
+        if not core.any():  # a core thinner than a voxel: keep its centre voxel
+            core[np.unravel_index(np.argmin(core_distance + 1e3 * ~in_brain), crop)] = True
+        # Rim of varying thickness (at least about a voxel) around irregular necrosis.
+        thickness = max(rng.uniform(0.15, 0.45) * focus.radius, 1.2 * frame.voxel) / focus.radius
+        rim = thickness * (1 + 0.6 * frame.noise(rng, crop, 0.4 * focus.radius))
+        solid = focus.radius < 10 and rng.random() < 0.3  # small tumours may not be necrotic yet
+        necrosis = core & (core_distance < 1 - rim) & (not solid)
+        ring = core & ~necrosis
+        # Gaps in the enhancing rim are non-enhancing tumour.
+        gaps = frame.noise(rng, crop, 0.5 * focus.radius) > NormalDist().inv_cdf(1 - rng.uniform(0.001, 0.35))
+        et = ring & ~gaps
         if enhancement == "none" or (enhancement == "tiny" and k > 0):
             et[:] = False
         elif enhancement == "tiny" and et.any():
             spot = np.array(np.unravel_index(rng.choice(np.flatnonzero(et)), crop))
-            spot_distance = np.sqrt(sum(c**2 for c in _grid((0, 0, 0), crop, spot, (1, 1, 1))))
-            et &= spot_distance <= max(1.5, 0.3 * core_radius)
+            steps = [(np.arange(n) - c) * h for n, c, h in zip(crop, spot, frame.spacing)]
+            spot_distance = np.sqrt(sum(_along(d, i) ** 2 for i, d in enumerate(steps)))
+            et &= spot_distance <= max(1.5 * frame.voxel, 0.3 * focus.radius)
 
-        # Edema spreads further along white matter than through cortex, and never into CSF.
-        edema_distance = distance * (1 + 0.25 * _smooth_noise(rng, crop, 0.6 * core_radius))
-        tissue = anatomy.tissue[box]
-        reach = edema_reach * np.where(tissue == WM, 1.0, 0.8)
-        edema = (edema_distance < reach) & in_brain & (tissue != CSF) & ~core
+        # Edema: within reach of the core, the reach long in white matter and short in cortex; not in
+        # CSF; only what connects to the core.
+        from_core = ndimage.distance_transform_edt(~core, sampling=frame.spacing)
+        wm = maps["wm"][box]
+        reach = edema_reach * (0.2 + 0.9 * wm) * (1 + 0.3 * frame.noise(rng, crop, 12))
+        edema = (from_core < reach) & in_brain & (maps["csf"][box] < 0.5) & ~core
+        parts, _ = ndimage.label(edema | core)
+        edema &= np.isin(parts, np.unique(parts[core]))
 
-        painted = classes[box]
-        new_edema = edema & np.isin(painted, (CSF, GM, WM))
+        painted, weights = classes[box], weight[box]
+        new_edema = edema & (painted < 0)
         painted[new_edema] = ED
-        weight[box][new_edema] = np.clip(1.3 - 0.6 * edema_distance / reach, 0.6, 1.0)[new_edema]
-        painted[core & ~et & (painted != ET)] = NCR
+        weights[new_edema] = np.clip(1.25 - 0.6 * from_core / np.maximum(reach, 1e-3), 0.45, 1.0)[new_edema]
+        painted[core & ~et & (painted != ET)] = NET
+        painted[necrosis & (painted != ET)] = NCR
         painted[et] = ET
-        weight[box][core] = 1.0
+        weights[core] = 1.0
 
-    if bleeding:
-        blood = (classes == NCR) & (_smooth_noise(rng, classes.shape, 0.04 * anatomy.radius) > 1.2)
+    if rng.random() < 0.25:
+        blood = (classes == NCR) & (frame.noise(rng, frame.shape, 4) > 1.2)
         classes[blood] = BLOOD
     return classes, weight
 
 
+def _vessels(rng: np.random.Generator, frame: _Frame, maps: dict) -> np.ndarray:
+    """Vessel fraction per voxel: curves where two smooth fields both cross zero, in the CSF of
+    sulci and cisterns near the surface. Widened at coarse resolutions and faded to match, as
+    partial volume would."""
+    a, b = (frame.noise(rng, frame.shape, 14) for _ in range(2))
+    widen = max(1.0, frame.voxel / 1.2)
+    width = 0.07 * widen
+    vessels = np.exp(-(a**2 + b**2) / (2 * width**2)) / widen
+    return vessels * np.clip((maps["csf"] - 0.2) / 0.4, 0, 1) * (maps["depth"] < 20)
+
+
+# ------------------------------------------------------------------------------------ images
+
+
 def _acquire(
-    rng: np.random.Generator, anatomy: _Anatomy, classes: np.ndarray, weight: np.ndarray, shape: tuple[int, int, int]
+    rng: np.random.Generator, frame: _Frame, maps: dict, classes: np.ndarray, weight: np.ndarray, vessels: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Turn the class map into the four scans, each with its own contrast, blur, bias, noise and scale."""
+    """The four scans from the tissue maps and the tumours, each with its own contrast, blur, bias, noise and scale."""
     contrast = CONTRAST * rng.uniform(0.95, 1.05, CONTRAST.shape).astype(np.float32)
-    healthy_texture = 1 + TEXTURE[anatomy.tissue] * anatomy.texture
-    lesion_texture = 1 + TEXTURE[classes] * anatomy.texture
+    mask = maps["brain"] > 0.5
+    texture = frame.noise(rng, frame.shape, 1.6)
+    lesion = np.maximum(classes, 0)
     images = {}
     for m, name in enumerate(MODALITIES):
-        healthy = contrast[anatomy.tissue, m] * healthy_texture
-        signal = healthy + weight * (contrast[classes, m] * lesion_texture - healthy)
+        healthy = maps["csf"] * contrast[CSF, m] + maps["gm"] * contrast[GM, m] + maps["wm"] * contrast[WM, m]
+        healthy /= np.maximum(maps["csf"] + maps["gm"] + maps["wm"], 1e-3)
+        healthy *= (1 + TEMPLATE_TEXTURE[m] * maps["texture"]) * (1 + TEXTURE[GM] * texture)
+        healthy += maps["choroid"] * (contrast[CHOROID, m] - healthy)
+        healthy += vessels * (contrast[VESSEL, m] - healthy)
+        target = contrast[lesion, m] * (1 + TEXTURE[lesion] * texture)
+        signal = np.where(classes >= 0, healthy + weight * (target - healthy), healthy)
         # Partial-volume blur of the acquisition, often coarser across slices (the last axis).
-        signal = ndimage.gaussian_filter(signal, sigma=rng.uniform(0.4, 0.9, 3) * [1, 1, rng.uniform(1, 1.5)])
-        signal *= np.exp(rng.uniform(0.05, 0.2) * _smooth_noise(rng, signal.shape, 0.9 * anatomy.radius))
-        inside = signal[anatomy.mask]
+        sigma_mm = rng.uniform(0.4, 0.9, 3) * [1, 1, rng.uniform(1, 1.5)]
+        signal = ndimage.gaussian_filter(signal, sigma=sigma_mm / frame.spacing)
+        signal *= np.exp(rng.uniform(0.05, 0.2) * frame.noise(rng, frame.shape, 60))
+        inside = signal[mask]
         # Magnitude images carry Rician noise: the modulus of signal plus complex Gaussian noise.
         noise = rng.standard_normal((2, inside.size), dtype=np.float32) * np.float32(rng.uniform(0.015, 0.04))
         inside = np.sqrt((inside + noise[0]) ** 2 + noise[1] ** 2)
         scale = np.exp(rng.uniform(np.log(150), np.log(2500)))
         offset = rng.uniform(0.0, 0.25) * scale
-        image = np.zeros(shape, dtype=np.int16)
+        image = np.zeros(frame.shape, dtype=np.int16)
         # At least 1 inside the brain, so the brain mask is exactly where any modality is non-zero.
-        image[anatomy.box][anatomy.mask] = np.clip(np.rint(inside * scale + offset), 1, np.iinfo(np.int16).max)
+        image[mask] = np.clip(np.rint(inside * scale + offset), 1, np.iinfo(np.int16).max)
         images[name] = image
     return images
 
@@ -349,23 +435,36 @@ def make_phantom(
 
     Args:
         rng: Source of all randomness; the same generator state gives the same case.
-        shape: Volume size in voxels along L-R, A-P, I-S (1 mm each at the default). Anatomy and
-            tumours scale with it. Defaults to BraTS's 240x240x155.
+        shape: Volume size in voxels along L-R, A-P, I-S over BraTS's 240x240x155 mm field of view
+            (see ``phantom_spacing``). Defaults to BraTS's 240x240x155 (1 mm).
 
     Returns:
         The images, modality name (``"flair"``, ``"t1"``, ``"t1ce"``, ``"t2"``) -> int16 array, zero
         outside the brain and positive inside; and the uint8 label map with the BraTS 2020 values
-        0 background, 1 NCR, 2 ED, 4 ET.
+        0 background, 1 NCR/NET, 2 ED, 4 ET.
 
     Raises:
         ValueError: If ``shape`` is not 3 sizes of at least 16 voxels.
+        tumorseg.data.anatomy.TemplateError: If nilearn's template is not installed.
     """
     shape = _check_shape(shape)
-    anatomy = _anatomy(rng, shape)
-    classes, weight = _add_lesions(rng, anatomy)
-    images = _acquire(rng, anatomy, classes, weight, shape)
-    label = np.zeros(shape, dtype=np.uint8)
-    label[anatomy.box] = BRATS_LABEL[classes]
+    spacing = np.array(phantom_spacing(shape))
+    frame = _Frame.centred(shape, spacing)
+    template = load_template(frame.voxel)
+    placement = _placement(rng, frame)
+    foci = _plan_foci(rng, frame, placement, template)
+    mni = placement.to_mni(_displace(_frame_points(frame), foci))
+    maps = _sample(template.maps, template.world_to_voxel, mni, CHANNELS)
+    # BraTS's brain masks end below the cerebellum with a flat cut through the brainstem, a few
+    # slices above the volume's first
+    bottom = frame.axes[2].min() + rng.uniform(4, 12)
+    maps["brain"] *= (mni[2] > rng.uniform(-60, -50)) & (frame.axes[2] > bottom)
+    del mni
+    classes, weight = _paint_tumours(rng, frame, foci, maps)
+    vessels = _vessels(rng, frame, maps)
+    images = _acquire(rng, frame, maps, classes, weight, vessels)
+    label = np.where(classes >= 0, BRATS_LABEL[np.maximum(classes, 0)], 0).astype(np.uint8)
+    label[maps["brain"] <= 0.5] = 0
     return images, label
 
 

@@ -77,7 +77,7 @@ def segmentation_panel(
 
     names = [*modalities[: image.shape[0]], *(f"ch{c}" for c in range(len(modalities), image.shape[0]))]
     scans = [np.take(image[c], index, axis=axis).T for c in range(image.shape[0])]
-    windows = [_window(s) for s in scans]
+    windows = [window(s) for s in scans]
     overlays = [("ground truth", label)] if label is not None else []
     overlays.append(("prediction", pred))
 
@@ -91,7 +91,7 @@ def segmentation_panel(
         ax.set_title(MODALITY_TITLES.get(name, name))
     for ax, (name, volume) in zip(axes[len(scans) :], overlays):
         ax.imshow(scans[0], vmin=windows[0][0], vmax=windows[0][1], **show)
-        ax.imshow(_overlay(np.take(volume, index, axis=axis).T), origin=origin, interpolation="nearest")
+        ax.imshow(overlay_rgba(np.take(volume, index, axis=axis).T), origin=origin, interpolation="nearest")
         ax.set_title(f"{name} on {MODALITY_TITLES.get(names[0], names[0])}")
     axes[-1].legend(
         handles=[Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in CLASS_COLOURS.values()],
@@ -170,7 +170,7 @@ def orthogonal_views(
         where = "through the volume centre"
     x, y, z = point
     sx, sy, sz = sizes
-    low, high = _window(image)
+    low, high = window(image)
 
     # plane, slice axis, (columns, rows) voxel axes after the transpose, origin, crosshair (vertical, horizontal)
     views = [
@@ -197,7 +197,7 @@ def orthogonal_views(
             aspect=sizes[rows] / sizes[cols],
         )
         ax.imshow(
-            _overlay(np.take(label, index, axis=axis).T),
+            overlay_rgba(np.take(label, index, axis=axis).T),
             origin=origin,
             interpolation="nearest",
             aspect=sizes[rows] / sizes[cols],
@@ -229,7 +229,7 @@ def _largest_tumour_slice(labels: np.ndarray, axis: int) -> int:
     return int(np.argmax(area)) if area.any() else labels.shape[axis] // 2
 
 
-def _window(scan: np.ndarray) -> tuple[float, float]:
+def window(scan: np.ndarray) -> tuple[float, float]:
     """1st-99th percentile of the brain voxels: a few bright voxels must not wash out the slice."""
     finite = scan[np.isfinite(scan)]
     brain = finite[finite != 0]  # the zero background would pull the low end down
@@ -240,7 +240,7 @@ def _window(scan: np.ndarray) -> tuple[float, float]:
     return (low, high) if high > low else (low, low + 1.0)
 
 
-def _overlay(classes: np.ndarray) -> np.ndarray:
+def overlay_rgba(classes: np.ndarray) -> np.ndarray:
     rgba = np.zeros((*classes.shape, 4), dtype=np.float32)
     for value, (_, colour) in CLASS_COLOURS.items():
         rgba[classes == value] = (*colour, OVERLAY_ALPHA)

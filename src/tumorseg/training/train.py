@@ -190,6 +190,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, SegmentationModule]:
     resolve_auto_sizes(cfg)
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     preprocess = OmegaConf.to_container(cfg.data.preprocess, resolve=True) if "preprocess" in cfg.data else None
+    effective = getattr(datamodule, "preprocess_config", None)
+    if preprocess is not None and effective is not None and effective.spacing is not None:
+        # the grid the data chose (the phantoms': their voxel size), so prediction resamples to it
+        preprocess["spacing"] = list(effective.spacing)
     # the network's input channels are the modalities the data keeps
     modalities = list((preprocess or {}).get("modalities") or MODALITIES)
     model: SegmentationModule = hydra.utils.instantiate(
