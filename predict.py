@@ -1,4 +1,5 @@
-"""Segment scans with trained checkpoints: `python predict.py ckpt_path=CKPT input=PATH output_dir=DIR`.
+"""Segment scans with trained checkpoints: `python predict.py ckpt_path=CKPT input=PATH output_dir=DIR`,
+or with the model shipped with the package when `ckpt_path` is not given (it prints a notice once).
 Options are in conf/predict.yaml; `python predict.py --help` lists them. Exit status: 0 every case
 segmented, 1 some case failed or was skipped, 2 nothing could start: a mistake, explained in one
 message (`HYDRA_FULL_ERROR=1` adds the traceback)."""

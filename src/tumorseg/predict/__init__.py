@@ -2,6 +2,8 @@
 
 * ``cases``: the cases to segment (a dataset in any layout, or explicit modality files) and their reader;
 * ``checkpoints``: find, download, verify and load trained checkpoints;
+* ``pretrained``: the models shipped with the package (``tumorseg/weights/pretrained.json``), the
+  default of ``predict.py``, verified before they are loaded;
 * ``predictor``: the ``Predictor``, built from models or checkpoints, that turns a case into a
   label map on its source grid with the test-time settings recorded in each checkpoint;
 * ``writers``: label maps, probability maps, figures and ``summary.csv``, written atomically;

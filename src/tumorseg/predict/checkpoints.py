@@ -52,6 +52,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "resolve_checkpoint",
+    "sha256_file",
 ]
 
 DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a download is abandoned
@@ -100,7 +101,8 @@ def _cache_name(url: str) -> str:
     return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file, as 64 lower-case hexadecimal digits."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
@@ -171,7 +173,7 @@ def resolve_checkpoint(
             what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
             raise FileNotFoundError(f"Checkpoint {str(path)!r} {what}.")
         if expected is not None:
-            actual = _sha256_file(path)
+            actual = sha256_file(path)
             if actual != expected:
                 # the user's own file: reported, never deleted
                 raise ValueError(
@@ -206,7 +208,7 @@ def resolve_checkpoint(
 
 
 def _cached(url: str, target: Path, expected: str | None) -> Path:
-    actual = _sha256_file(target)
+    actual = sha256_file(target)
     if expected is None:
         _warn_unpinned(url, target, actual)
     elif actual != expected:
@@ -225,7 +227,7 @@ def _fetch(url: str, target: Path, expected: str | None, **download) -> None:
     part = target.with_name(f"{target.name}.part")
     log.info("Downloading %s to %s", url, target)
     _download(url, part, **download)
-    actual = _sha256_file(part)
+    actual = sha256_file(part)
     if expected is not None and actual != expected:
         _discard(part)
         raise ValueError(

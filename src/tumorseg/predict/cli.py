@@ -1,8 +1,9 @@
-"""``predict.py``: resolve and load the checkpoints, find the cases, segment them with one
-``Predictor`` and write, per case, a uint8 NIfTI in the input's label convention and space, a PNG
-of three orthogonal views and optional probability maps, then a ``summary.csv`` of tumour volumes
-and, where the input has references, the BraTS metrics. Cases are read and preprocessed in worker
-processes while the previous case runs on the device.
+"""``predict.py``: resolve and load the checkpoints (the model shipped with the package when none
+is given), find the cases, segment them with one ``Predictor`` and write, per case, a uint8 NIfTI
+in the input's label convention and space, a PNG of three orthogonal views and optional
+probability maps, then a ``summary.csv`` of tumour volumes and, where the input has references,
+the BraTS metrics. Cases are read and preprocessed in worker processes while the previous case
+runs on the device.
 """
 
 from __future__ import annotations
@@ -204,11 +205,16 @@ def _skipped(problems: list[Problem]) -> dict[str, str]:
 
 
 def build_predictor(cfg) -> Predictor:
-    """The ``Predictor`` of ``predict.py``'s checkpoints (``ckpt_path``, ``ckpt_sha256``); each
-    test-time option that is null keeps every checkpoint's own setting."""
+    """The ``Predictor`` of ``predict.py``'s checkpoints (``ckpt_path``, ``ckpt_sha256``; null: the
+    shipped model, verified, whose notice is printed); each test-time option that is null keeps
+    every checkpoint's own setting."""
     specs = [] if OmegaConf.is_missing(cfg, "ckpt_path") else _as_list(cfg.ckpt_path)
     if not specs:
-        raise PredictionError("Give `ckpt_path=PATH` (or a URL, or a list [A,B,C] for an ensemble).")
+        from tumorseg.predict.pretrained import shipped_model
+
+        shipped = shipped_model()
+        print(shipped.banner(), flush=True)  # once per run: the predictor is built once
+        specs = [shipped.path]
     return Predictor.from_checkpoints(
         specs, _as_list(cfg.get("ckpt_sha256")), progress=cfg.progress, allow_http=cfg.allow_http, overlap=cfg.overlap,
         sw_batch_size=cfg.sw_batch_size, mirror=cfg.mirror, et_min_voxels=cfg.et_min_voxels, bf16=cfg.bf16,
@@ -217,8 +223,9 @@ def build_predictor(cfg) -> Predictor:
 
 
 def run(cfg) -> int:
-    """``predict.py``: resolve and load the checkpoints, find the cases, segment them, evaluate
-    against references where the input has them; returns the exit status."""
+    """``predict.py``: resolve and load the checkpoints (the shipped model when ``ckpt_path`` is
+    null), find the cases, segment them, evaluate against references where the input has them;
+    returns the exit status."""
     predictor = build_predictor(cfg)
     for line in predictor.describe():
         log.info("Settings of %s", line)

@@ -1,0 +1,229 @@
+"""The model shipped with the package: its registry, its verification before loading, predict.py
+without ckpt_path, and every model the packaged registry lists (whole, and loadable safely)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from brats_fixtures import write_dataset
+from test_predict import SHAPE, predict_cfg, stand_in
+from train_helpers import ROOT
+
+from tumorseg.predict import PredictionError, run
+from tumorseg.predict.checkpoints import checkpoint_summary, load_checkpoint, load_model, sha256_file
+from tumorseg.predict.cli import build_predictor
+from tumorseg.predict.pretrained import (
+    NO_MODEL_HINT,
+    REGISTRY_ENV,
+    packaged_registry,
+    registered_models,
+    shipped_model,
+    verify,
+)
+from tumorseg.training.train import register_resolvers
+
+register_resolvers()
+NAME = "phantoms-test"
+NOTICE = "It learned from synthetic data only (phantoms) and is not for clinical use."
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+ENV.pop("HYDRA_FULL_ERROR", None)
+
+
+def write_registry(folder: Path, ckpt: Path | None, **changes) -> Path:
+    """A registry in ``folder`` whose one model (the default) is a copy of ``ckpt`` beside it, its
+    entry's fields replaced by ``changes``; no model when ``ckpt`` is None."""
+    folder.mkdir(parents=True, exist_ok=True)
+    models = []
+    if ckpt is not None:
+        target = shutil.copyfile(ckpt, folder / f"{NAME}.ckpt")
+        entry = {
+            "name": NAME, "file": target.name, "sha256": sha256_file(target), "bytes": target.stat().st_size,
+            "network": "arunet3d", "training_data": "synthetic phantoms of tumorseg.data.synthetic", "notice": NOTICE,
+        }  # fmt: skip
+        models.append({**entry, **changes})
+    registry = folder / "pretrained.json"
+    registry.write_text(json.dumps({"models": models}, indent=2))
+    return registry
+
+
+@pytest.fixture
+def edema_model(tmp_path) -> Path:
+    return stand_in(tmp_path / "edema.ckpt", (10.0, -10.0, -10.0))  # WT only: edema wherever it looks
+
+
+def predict_command(tmp_path: Path, registry: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``python predict.py OVERRIDES`` with ``registry`` as the registry of shipped models."""
+    args = [sys.executable, str(ROOT / "predict.py"), f"paths.root_dir={tmp_path}", "progress=false", *overrides]
+    return subprocess.run(
+        args, env={**ENV, REGISTRY_ENV: str(registry)}, capture_output=True, text=True, timeout=180
+    )  # fmt: skip
+
+
+def test_predict_without_ckpt_path_uses_the_shipped_model_and_says_so_once(tmp_path, edema_model):
+    registry = write_registry(tmp_path / "weights", edema_model)
+    data = tmp_path / "data"
+    ids = write_dataset(data, "brats2020", 2, shape=SHAPE)
+    out = tmp_path / "seg"
+    done = predict_command(tmp_path, registry, f"input={data}", f"output_dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 written, 0 kept, 0 skipped, 0 failed" in done.stdout
+    (model,) = registered_models(registry)
+    banner = f"Shipped model {NAME} (arunet3d, SHA-256 {model.sha256}): {NOTICE}"
+    assert done.stdout.count(NOTICE) == 1 and banner in done.stdout.splitlines()
+    assert NOTICE not in done.stderr
+    for case_id in ids:
+        values = set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj)).tolist())
+        assert 2 in values and values <= {0, 2}  # the shipped model's edema
+
+
+@pytest.mark.parametrize("damage", ["altered", "truncated", "missing"])
+def test_a_damaged_shipped_file_is_refused_naming_it(tmp_path, edema_model, monkeypatch, damage):
+    registry = write_registry(tmp_path / "weights", edema_model)
+    monkeypatch.setenv(REGISTRY_ENV, str(registry))
+    file = tmp_path / "weights" / f"{NAME}.ckpt"
+    content = bytearray(file.read_bytes())
+    if damage == "altered":  # the same size: only the digest tells
+        content[len(content) // 2] ^= 0xFF
+        file.write_bytes(content)
+        expected = (
+            rf"does not have the SHA-256 that {registry} lists \(expected [0-9a-f]{{64}}, actual [0-9a-f]{{64}}\)"
+        )
+    elif damage == "truncated":
+        file.write_bytes(content[:1000])
+        expected = rf"has 1000 bytes, but {registry} lists {len(content)}"
+    else:
+        file.unlink()
+        expected = f"is listed in {registry}, but its file {file} is missing"
+    with pytest.raises(PredictionError, match=expected) as raised:
+        build_predictor(predict_cfg(tmp_path))
+    message = str(raised.value)
+    assert str(file) in message and "reinstall tumorseg" in message and "ckpt_path=PATH" in message
+    assert "\n" not in message
+
+
+def test_a_digest_that_does_not_match_the_file_is_refused(tmp_path, edema_model, monkeypatch):
+    registry = write_registry(tmp_path / "weights", edema_model, sha256="0" * 64)
+    monkeypatch.setenv(REGISTRY_ENV, str(registry))
+    with pytest.raises(PredictionError, match=f"{NAME} .*{tmp_path / 'weights' / NAME}.ckpt.*expected {'0' * 64}"):
+        shipped_model()
+
+
+def test_no_shipped_model_ends_with_one_line_and_exit_status_2(tmp_path):
+    registry = write_registry(tmp_path / "weights", None)
+    data = tmp_path / "data"
+    write_dataset(data, "brats2020", 1, shape=SHAPE)
+    done = predict_command(tmp_path, registry, f"input={data}", f"output_dir={tmp_path / 'seg'}")
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"error: {NO_MODEL_HINT} This installation ships no model: {registry} lists none."
+    assert "ckpt_path=PATH" in NO_MODEL_HINT
+    assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr
+    assert not (tmp_path / "seg").exists()
+
+
+def test_an_explicit_ckpt_path_wins(tmp_path, edema_model, monkeypatch, capsys):
+    registry = write_registry(tmp_path / "weights", edema_model)
+    (tmp_path / "weights" / f"{NAME}.ckpt").unlink()  # the shipped model would fail: it is not looked at
+    monkeypatch.setenv(REGISTRY_ENV, str(registry))
+    data = tmp_path / "data"
+    (case_id,) = write_dataset(data, "brats2020", 1, shape=SHAPE)
+    everything = stand_in(tmp_path / "et.ckpt", (10.0, 10.0, 10.0))
+    out = tmp_path / "seg"
+    assert run(predict_cfg(tmp_path, f"ckpt_path={everything}", f"input={data}", f"output_dir={out}")) == 0
+    assert set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj))) == {4}  # its ET, not edema
+    assert "Shipped model" not in capsys.readouterr().out
+    # a list and a pinned digest, as before
+    predictor = build_predictor(
+        predict_cfg(
+            tmp_path, f"ckpt_path=[{everything},{edema_model}]", f"ckpt_sha256=[{sha256_file(everything)},null]"
+        )
+    )
+    assert predictor.names == [str(everything), str(edema_model)]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"entries": []}', "expected an object with a list `models`"),
+        ({"sha256": None}, r"model 1 \(phantoms-test\): missing sha256; fix the entry"),
+        ({"sha256": "abc"}, "must be 64 hexadecimal digits"),
+        ({"bytes": "12"}, "`bytes` must be an integer"),
+        ({"notice": " "}, "`notice` must be a non-empty string"),
+        ({"file": "../elsewhere.ckpt"}, "`file` must be the name of a file beside the registry"),
+    ],
+)
+def test_a_malformed_registry_is_reported_naming_it(tmp_path, edema_model, content, expected):
+    registry = write_registry(tmp_path / "weights", edema_model)
+    if isinstance(content, str):
+        registry.write_text(content)
+    else:
+        entry = json.loads(registry.read_text())["models"][0]
+        entry.update(content)
+        entry = {k: v for k, v in entry.items() if v is not None}
+        registry.write_text(json.dumps({"models": [entry]}))
+    with pytest.raises(PredictionError, match=expected) as raised:
+        registered_models(registry)
+    assert str(registry) in str(raised.value)
+
+
+def test_a_wheel_carries_the_registry_and_the_shipped_files(tmp_path):
+    """``pip install .`` (not editable) installs ``tumorseg/weights/*.json`` and ``*.ckpt``."""
+    pytest.importorskip("setuptools")
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(ROOT / name, source / name)
+    (source / "src" / "tumorseg" / "weights" / "extra.ckpt").write_bytes(b"weights")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w",
+         str(tmp_path / "dist")], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if done.returncode != 0 and "No module named" in done.stderr:
+        pytest.skip(f"cannot build a wheel here: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("tumorseg-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"tumorseg/weights/__init__.py", "tumorseg/weights/pretrained.json", "tumorseg/weights/extra.ckpt"} <= names
+
+
+# ------------------------------------------------------------------------------------ the packaged registry
+
+
+def test_the_packaged_registry_is_valid():
+    registered_models(packaged_registry())  # raises, naming the entry, if not
+
+
+def _packaged_models() -> list:
+    try:
+        return registered_models(packaged_registry())
+    except PredictionError:
+        return []  # test_the_packaged_registry_is_valid says why
+
+
+PACKAGED = _packaged_models()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [pytest.param(m, id=m.name) for m in PACKAGED]
+    or [pytest.param(None, id="none", marks=pytest.mark.skip(reason="the packaged registry lists no model yet"))],
+)
+def test_each_packaged_model_is_whole_and_loads_safely(model):
+    assert model.path.is_file(), f"{model.path} is listed in {model.registry} but missing"
+    assert model.path.stat().st_size == model.bytes
+    assert sha256_file(model.path) == model.sha256
+    assert verify(model) == model.path
+    ckpt = load_checkpoint(model.path)  # torch.load(weights_only=True): plain data only
+    assert checkpoint_summary(ckpt)["network"] == model.network
+    load_model(model.path)  # the network rebuilds from its hyper-parameters and its weights fit strictly
+    assert "synthetic" in model.notice and "not for clinical use" in model.notice
