@@ -6,3 +6,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# the phantoms' template without nilearn's 11 MB wheel (it would pass the 64 MiB a run carries):
+#   unzip -j nilearn-*.whl 'nilearn/datasets/data/mni_icbm152_*' -d .whl/icbm152
+if compgen -G ".whl/icbm152/*.nii.gz" >/dev/null; then
+  export TUMORSEG_TEMPLATE_DIR="$PWD/.whl/icbm152"
+fi

@@ -75,7 +75,7 @@ QUICK_START = {
     "model.scheduler": {"name": "poly", "warmup_epochs": 1, "power": 0.9},
     "inference": {"roi_size": "auto", "overlap": 0.5, "sw_batch_size": 2, "mode": "gaussian", "mirror": False,
                   "val_mirror": False, "et_min_voxels": 0},
-    "data.patch_size": "auto", "data.batch_size": "auto", "trainer.max_epochs": 14,
+    "data.patch_size": "auto", "data.batch_size": "auto", "trainer.max_epochs": "auto",
 }  # fmt: skip
 MODERN = {
     "model.network.preset": "paper", "model.labels": "regions", "model.loss.name": "dice_bce",

@@ -152,6 +152,12 @@ def test_missing_mandatory_values_say_what_to_give(hydra_script, tmp_path):
     )
     assert "Traceback" not in err and "Error executing job" not in err
 
+
+def test_predict_without_ckpt_path_and_no_shipped_model(hydra_script, monkeypatch, tmp_path):
+    registry = tmp_path / "empty" / "pretrained.json"
+    registry.parent.mkdir()
+    registry.write_text('{"models": []}')
+    monkeypatch.setenv("TUMORSEG_PRETRAINED_REGISTRY", str(registry))
     status, err = hydra_script("predict.py", f"input={tmp_path}", f"paths.root_dir={tmp_path}")
     assert status == EXIT_UNUSABLE
     assert "error: Give `ckpt_path=PATH` (or a URL, or a list [A,B,C] for an ensemble)." in err

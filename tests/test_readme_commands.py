@@ -401,7 +401,7 @@ def check_train_cfg(cfg: DictConfig) -> None:
     nodes = {key: resolved(cfg, key) for key in ("model", "data", "trainer", "callbacks", "logger")}
     datamodule, model = build(cfg)
     # the optimizer and the learning-rate schedule, as Lightning builds them when fitting starts
-    epochs = max(int(nodes["trainer"].get("max_epochs") or 1), 1)
+    epochs = max(int(cfg.trainer.get("max_epochs") or 1), 1)  # build() resolved `auto`
     model.trainer = SimpleNamespace(estimated_stepping_batches=10 * epochs, max_epochs=epochs)
     try:
         model.configure_optimizers()

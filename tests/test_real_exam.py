@@ -3,9 +3,7 @@ segmentation it writes, on a tiny phantom and on the real labelled exam of ../sh
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,7 +12,7 @@ import torch
 from brats_fixtures import EXAM_2020, REAL_SHAPE, SHARED_DATA
 from test_predict import save_checkpoint, stand_in
 from test_pretrained import NAME, NOTICE, write_registry
-from train_helpers import ROOT
+from train_helpers import experiment_script
 
 from tumorseg.data.synthetic import generate_dataset
 from tumorseg.evaluate import evaluate_folder
@@ -25,12 +23,7 @@ from tumorseg.training.module import SegmentationModule
 
 @pytest.fixture(scope="module")
 def real_exam():
-    spec = importlib.util.spec_from_file_location("real_exam", ROOT / "experiments" / "real_exam.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from experiment_script("real_exam")
 
 
 def table_rows(printed: str) -> dict[str, list[str]]:

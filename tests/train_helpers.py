@@ -3,16 +3,30 @@ subprocesses those tests start, with this folder on PYTHONPATH)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+
+def experiment_script(name: str) -> Iterator[ModuleType]:
+    """``experiments/<name>.py`` imported as a module, for a fixture to yield; removed again after."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
 
 
 def tiny_overrides(root: Path, data_dir: Path, model: str = "arunet3d", epochs: int = 1, batches: int = 2) -> list[str]:

@@ -8,7 +8,9 @@ itself is never imported. From it this module derives, once per process and reso
 - ``texture``: the T1 template relative to what its tissue maps predict, which keeps the deep
   grey nuclei, the brainstem and the cerebellum's own contrast;
 - ``choroid``: choroid plexus in the atria of the lateral ventricles;
-- ``depth``: distance to the brain's surface in mm.
+- ``depth``: distance to the brain's surface in mm;
+- ``periventricular``: white matter within about 8 mm of the lateral ventricles, where the
+  white-matter hyperintensities of older brains gather.
 
 A case samples these maps through a random rotation, scaling, shift and smooth warp, on the BraTS
 frame (240x240x155 mm, L-P-S axes) at any resolution; the maps are blurred first to the target
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +36,16 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["CHANNELS", "FRAME_MM", "Template", "TemplateError", "load_template", "template_folder"]
+__all__ = ["CHANNELS", "FRAME_MM", "TEMPLATE_ENV", "Template", "TemplateError", "load_template", "template_folder"]
 
 FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
-CHANNELS = ("brain", "gm", "wm", "csf", "texture", "choroid", "depth")
+CHANNELS = ("brain", "gm", "wm", "csf", "texture", "choroid", "depth", "periventricular")
 FRAME_MM = (240.0, 240.0, 155.0)  # the BraTS field of view
+TEMPLATE_ENV = "TUMORSEG_TEMPLATE_DIR"
 # MNI point at the centre of the BraTS frame: puts the brain where BraTS (SRI24) brains lie, the
 # vertex about 14 mm below the top slice and the lower cerebellum on the bottom slices.
 FRAME_CENTRE_MNI = np.array([0.0, -10.0, 18.0])
@@ -52,7 +56,17 @@ class TemplateError(RuntimeError):
 
 
 def template_folder() -> Path:
-    """The folder of the installed nilearn package that holds the ICBM152 2009 files."""
+    """The folder that holds the ICBM152 2009 files: ``$TUMORSEG_TEMPLATE_DIR`` if set (e.g. the three
+    files alone, on a machine without nilearn), else the installed nilearn package's data folder."""
+    override = os.environ.get(TEMPLATE_ENV)
+    if override:
+        folder = Path(override).expanduser()
+        missing = [name for name in FILES.values() if not (folder / name).is_file()]
+        if missing:
+            raise TemplateError(
+                f"{TEMPLATE_ENV}={folder} lacks {', '.join(missing)}; point it at a folder with the three files."
+            )
+        return folder
     spec = importlib.util.find_spec("nilearn")  # finds the package without importing it
     if spec is None or not spec.submodule_search_locations:
         raise TemplateError(
@@ -120,7 +134,10 @@ def _template_1mm() -> Template:
     floor = ventricle & region & ~np.roll(ventricle, 3, axis=2)  # the lowest 3 mm of each column
     choroid = np.clip(1.5 * ndimage.gaussian_filter(floor.astype(np.float32), 0.7), 0, 1) * (csf > 0.3)
 
-    maps = np.stack([brain, gm, wm, csf, texture, choroid, depth]).astype(np.float32)
+    near = ndimage.distance_transform_edt(~ventricle) < 8
+    periventricular = ndimage.gaussian_filter((near & ~ventricle).astype(np.float32), 2.0) * wm
+
+    maps = np.stack([brain, gm, wm, csf, texture, choroid, depth, periventricular]).astype(np.float32)
     return Template(maps, np.linalg.inv(affine))
 
 

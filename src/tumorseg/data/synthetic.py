@@ -106,8 +106,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 GZIP_LEVEL = 1  # nibabel's default for .nii.gz: level 6+ is 2-3x slower for 2% smaller files
 
 # Classes of the signal model; BRATS_LABEL maps them to the values written to disk.
-CSF, GM, WM, ED, NCR, NET, ET, BLOOD, VESSEL, CHOROID = range(10)
-BRATS_LABEL = np.array([0, 0, 0, 2, 1, 1, 4, 1, 0, 0], dtype=np.uint8)
+CSF, GM, WM, ED, NCR, NET, ET, BLOOD, VESSEL, CHOROID, WMH, RESIDUE = range(12)
+BRATS_LABEL = np.array([0, 0, 0, 2, 1, 1, 4, 1, 0, 0, 0, 0], dtype=np.uint8)
 # Signal of each class per modality (columns in MODALITIES order: flair, t1, t1ce, t2), relative
 # to white matter on T1, after the usual clinical appearance of gliomas.
 CONTRAST = np.array(
@@ -122,13 +122,15 @@ CONTRAST = np.array(
         [1.10, 1.35, 1.40, 0.70],  # blood products: bright on T1 as well as T1ce, so not enhancement
         [0.45, 0.70, 1.80, 0.35],  # vessels: enhance, flow voids on T2 and FLAIR
         [0.90, 0.75, 1.65, 1.00],  # choroid plexus: enhances
+        [1.30, 0.88, 0.90, 1.10],  # white-matter hyperintensities: FLAIR-bright, not tumour
+        [1.35, 1.00, 1.50, 0.90],  # dura and vessels left by skull stripping at the brain's edge
     ],
     dtype=np.float32,
 )
 # How the template's T1 texture carries into each modality: T1-bright nuclei are darker on T2.
 TEMPLATE_TEXTURE = np.array([-0.5, 1.0, 1.0, -0.8], dtype=np.float32)
 # Relative amplitude of the fine texture: tumours are more heterogeneous than healthy tissue.
-TEXTURE = np.array([0.03, 0.03, 0.03, 0.05, 0.10, 0.08, 0.10, 0.10, 0.05, 0.05], dtype=np.float32)
+TEXTURE = np.array([0.03, 0.03, 0.03, 0.05, 0.10, 0.08, 0.15, 0.10, 0.05, 0.05, 0.05, 0.15], dtype=np.float32)
 # the phantoms' labels are BraTS 2020 values: each value gets the colour of its internal class
 PREVIEW_COLOURS = {value: CLASS_COLOURS[cls] for value, cls in CONVENTIONS["brats2020"].items() if cls}
 BRAIN_CENTRE_MNI = np.array([0.0, -17.0, 5.0])  # the middle of the template brain's bounding box
@@ -270,17 +272,19 @@ def _frame_points(frame: _Frame, stride: int = 1) -> np.ndarray:
 
 
 def _plan_foci(rng: np.random.Generator, frame: _Frame, placement: _Placement, template) -> list[_Focus]:
-    """1-3 tumour centres in deep supratentorial white matter, sized to fit in the brain."""
+    """1-3 tumour centres in supratentorial white matter, some reaching the cortex."""
     stride = max(1, int(round(4 / frame.voxel)))
     points = _frame_points(frame, stride)
     mni = placement.to_mni(points, stride)
-    maps = _sample(template.maps, template.world_to_voxel, mni, ("wm", "depth"))
+    maps = _sample(template.maps, template.world_to_voxel, mni, ("wm", "csf", "depth"))
     supratentorial = (mni[2] > -5) & (mni[2] < 60)  # above the tentorium, below the vertex
     count = rng.choice([1, 2, 3], p=[0.8, 0.15, 0.05])
     foci: list[_Focus] = []
     for k in range(count):
         radius = rng.uniform(9, 26) if k == 0 else rng.uniform(5, 14)
-        fits = (maps["wm"] > 0.5) & supratentorial & (maps["depth"] > max(0.9 * radius, 12))
+        # the centre in white matter or near it; the core may reach (and be cut by) the surface
+        depth = rng.uniform(0.4, 1.2) * radius
+        fits = (maps["wm"] > 0.3) & (maps["csf"] < 0.3) & supratentorial & (maps["depth"] > max(depth, 6))
         for focus in foci:  # apart from the other foci, so each is a lesion of its own
             distance = np.sqrt(((points - focus.centre.reshape(3, 1, 1, 1)) ** 2).sum(axis=0))
             fits &= distance > focus.radius + radius + 12
@@ -340,9 +344,9 @@ def _paint_tumours(
         if not core.any():  # a core thinner than a voxel: keep its centre voxel
             core[np.unravel_index(np.argmin(core_distance + 1e3 * ~in_brain), crop)] = True
         # Rim of varying thickness (at least about a voxel) around irregular necrosis.
-        thickness = max(rng.uniform(0.15, 0.45) * focus.radius, 1.2 * frame.voxel) / focus.radius
+        thickness = max(rng.uniform(0.15, 0.6) * focus.radius, 1.2 * frame.voxel) / focus.radius
         rim = thickness * (1 + 0.6 * frame.noise(rng, crop, 0.4 * focus.radius))
-        solid = focus.radius < 10 and rng.random() < 0.3  # small tumours may not be necrotic yet
+        solid = focus.radius < 14 and rng.random() < 0.35  # small tumours may not be necrotic yet
         necrosis = core & (core_distance < 1 - rim) & (not solid)
         ring = core & ~necrosis
         # Gaps in the enhancing rim are non-enhancing tumour.
@@ -391,14 +395,38 @@ def _vessels(rng: np.random.Generator, frame: _Frame, maps: dict) -> np.ndarray:
     return vessels * np.clip((maps["csf"] - 0.2) / 0.4, 0, 1) * (maps["depth"] < 20)
 
 
+def _hyperintensities(rng: np.random.Generator, frame: _Frame, maps: dict) -> np.ndarray:
+    """White-matter hyperintensities of small-vessel disease: caps and bands around the ventricles
+    and scattered spots in deep white matter, from none to many. Bright on FLAIR like edema, but
+    labelled healthy, as BraTS's annotators leave them."""
+    load = rng.uniform(0, 1) ** 2
+    bands = maps["periventricular"] * np.clip(load * (1.2 + frame.noise(rng, frame.shape, 10)), 0, 1)
+    spots = frame.noise(rng, frame.shape, 4) > 3.2 - 1.2 * load
+    return np.clip(bands + 0.8 * spots * (maps["wm"] > 0.6), 0, 1)
+
+
+def _residue(rng: np.random.Generator, frame: _Frame, maps: dict) -> np.ndarray:
+    """Patches of dura and vessels that skull stripping leaves on the brain's edge: bright on
+    T1ce and FLAIR, in a shell a few mm thick."""
+    shell = np.clip(1 - maps["depth"] / rng.uniform(1.5, 4), 0, 1) * (maps["brain"] > 0.5)
+    patches = frame.noise(rng, frame.shape, 15) > rng.uniform(0.3, 2.5)
+    return shell * patches
+
+
 # ------------------------------------------------------------------------------------ images
 
 
 def _acquire(
-    rng: np.random.Generator, frame: _Frame, maps: dict, classes: np.ndarray, weight: np.ndarray, vessels: np.ndarray
+    rng: np.random.Generator, frame: _Frame, maps: dict, classes: np.ndarray, weight: np.ndarray, mimics: dict
 ) -> dict[str, np.ndarray]:
-    """The four scans from the tissue maps and the tumours, each with its own contrast, blur, bias, noise and scale."""
-    contrast = CONTRAST * rng.uniform(0.95, 1.05, CONTRAST.shape).astype(np.float32)
+    """The four scans from the tissue maps, the healthy structures that mimic tumour (class -> fraction
+    of each voxel) and the tumours, each with its own contrast, blur, bias, noise and scale."""
+    contrast = CONTRAST * rng.uniform(0.92, 1.08, CONTRAST.shape).astype(np.float32)
+    # How far each lesion class stands out from grey matter varies between tumours and scanners
+    # (contrast dose and timing, field strength): from subtle to marked.
+    lesions = [ED, NCR, NET, ET, BLOOD]
+    distinct = rng.uniform(0.5, 1.3, (len(lesions), 1)).astype(np.float32)
+    contrast[lesions] = contrast[GM] + (contrast[lesions] - contrast[GM]) * distinct
     mask = maps["brain"] > 0.5
     texture = frame.noise(rng, frame.shape, 1.6)
     lesion = np.maximum(classes, 0)
@@ -408,13 +436,14 @@ def _acquire(
         healthy /= np.maximum(maps["csf"] + maps["gm"] + maps["wm"], 1e-3)
         healthy *= (1 + TEMPLATE_TEXTURE[m] * maps["texture"]) * (1 + TEXTURE[GM] * texture)
         healthy += maps["choroid"] * (contrast[CHOROID, m] - healthy)
-        healthy += vessels * (contrast[VESSEL, m] - healthy)
+        for cls, fraction in mimics.items():
+            healthy += fraction * (contrast[cls, m] - healthy)
         target = contrast[lesion, m] * (1 + TEXTURE[lesion] * texture)
         signal = np.where(classes >= 0, healthy + weight * (target - healthy), healthy)
         # Partial-volume blur of the acquisition, often coarser across slices (the last axis).
         sigma_mm = rng.uniform(0.4, 0.9, 3) * [1, 1, rng.uniform(1, 1.5)]
         signal = ndimage.gaussian_filter(signal, sigma=sigma_mm / frame.spacing)
-        signal *= np.exp(rng.uniform(0.05, 0.2) * frame.noise(rng, frame.shape, 60))
+        signal *= np.exp(rng.uniform(0.05, 0.3) * frame.noise(rng, frame.shape, 60))
         inside = signal[mask]
         # Magnitude images carry Rician noise: the modulus of signal plus complex Gaussian noise.
         noise = rng.standard_normal((2, inside.size), dtype=np.float32) * np.float32(rng.uniform(0.015, 0.04))
@@ -461,8 +490,12 @@ def make_phantom(
     maps["brain"] *= (mni[2] > rng.uniform(-60, -50)) & (frame.axes[2] > bottom)
     del mni
     classes, weight = _paint_tumours(rng, frame, foci, maps)
-    vessels = _vessels(rng, frame, maps)
-    images = _acquire(rng, frame, maps, classes, weight, vessels)
+    mimics = {
+        VESSEL: _vessels(rng, frame, maps),
+        WMH: _hyperintensities(rng, frame, maps),
+        RESIDUE: _residue(rng, frame, maps),
+    }
+    images = _acquire(rng, frame, maps, classes, weight, mimics)
     label = np.where(classes >= 0, BRATS_LABEL[np.maximum(classes, 0)], 0).astype(np.uint8)
     label[maps["brain"] <= 0.5] = 0
     return images, label

@@ -1,0 +1,76 @@
+"""experiments/ship_model.py: a training checkpoint becomes the default shipped model, slimmer,
+verified, and predicting exactly as the checkpoint did."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from test_predict import stand_in
+from train_helpers import experiment_script
+
+from tumorseg.predict.pretrained import registered_models, verify
+from tumorseg.training.module import SegmentationModule
+
+
+@pytest.fixture(scope="module")
+def ship_model():
+    yield from experiment_script("ship_model")
+
+
+def training_run(tmp_path):
+    """A run directory as train.py leaves it: config.yaml, run_info.json and a checkpoint with optimizer state."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = stand_in(run / "checkpoints" / "best.ckpt", (5.0, -5.0, -5.0))
+    full = torch.load(ckpt, weights_only=True)
+    full["optimizer_states"] = [{"state": {0: {"exp_avg": torch.zeros(100_000)}}}]
+    torch.save(full, ckpt)
+    data = {
+        "_target_": "tumorseg.data.datamodule.SyntheticDataModule",
+        "cases": 96,
+        "shape": [96, 96, 64],
+        "data_seed": 0,
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    (run / "run_info.json").write_text(
+        json.dumps({"command": ["train.py", "experiment=phantom_model", "paths.output_dir=x"]})
+    )
+    return ckpt
+
+
+def test_ships_a_slim_verified_default(ship_model, tmp_path):
+    ckpt = training_run(tmp_path)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "pretrained.json").write_text(json.dumps({"about": "test", "models": []}))
+    old = {"name": "older", "file": "older.ckpt", "sha256": "0" * 64, "bytes": 1, "network": "arunet3d",
+           "training_data": "x", "notice": "y"}  # fmt: skip
+    registry = json.loads((weights / "pretrained.json").read_text())
+    registry["models"].append(old)
+    (weights / "pretrained.json").write_text(json.dumps(registry))
+
+    target = ship_model.ship(ckpt, "phantom-test", None, weights)
+    models = registered_models(weights / "pretrained.json")
+    assert [m.name for m in models] == ["phantom-test", "older"]  # the new one is the default
+    verify(models[0])  # size and SHA-256 match
+    assert target.stat().st_size < ckpt.stat().st_size / 2  # no optimizer state
+    assert "optimizer_states" not in torch.load(target, weights_only=True)
+    assert "96 synthetic phantoms" in models[0].training_data and "experiment=phantom_model" in models[0].training_data
+    assert "paths." not in models[0].training_data
+    assert "not for clinical use" in models[0].notice
+
+    shipped = SegmentationModule.load_from_checkpoint(target, map_location="cpu", weights_only=True).eval()
+    original = SegmentationModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True).eval()
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(shipped(x), original(x), rtol=0, atol=0)
+
+
+def test_refuses_a_model_not_trained_on_phantoms(ship_model, tmp_path):
+    ckpt = training_run(tmp_path)
+    (ckpt.parent.parent / "config.yaml").write_text(yaml.safe_dump({"data": {"_target_": "BratsDataModule"}}))
+    with pytest.raises(ValueError, match="not the synthetic phantoms"):
+        ship_model.ship(ckpt, "x", None, tmp_path)
