@@ -61,6 +61,7 @@ def describe_training(checkpoint: Path) -> str:
 
 
 def ship(checkpoint: Path, name: str, metrics: Path | None, weights: Path = WEIGHTS) -> Path:
+    training = describe_training(checkpoint)  # before anything is written: refuse a checkpoint of no phantom run
     full = torch.load(checkpoint, map_location="cpu", weights_only=True)
     slim = {key: full[key] for key in KEEP if key in full}
     buffer = io.BytesIO()
@@ -70,7 +71,6 @@ def ship(checkpoint: Path, name: str, metrics: Path | None, weights: Path = WEIG
     SegmentationModule.load_from_checkpoint(target, map_location="cpu", weights_only=True)  # it loads
 
     network = slim["hyper_parameters"]["network"]["name"]
-    training = describe_training(checkpoint)
     if metrics is not None:
         scores = json.loads(metrics.read_text())
         training += f"; on one real exam ({scores['case_id']}): " + ", ".join(

@@ -74,3 +74,13 @@ def test_refuses_a_model_not_trained_on_phantoms(ship_model, tmp_path):
     (ckpt.parent.parent / "config.yaml").write_text(yaml.safe_dump({"data": {"_target_": "BratsDataModule"}}))
     with pytest.raises(ValueError, match="not the synthetic phantoms"):
         ship_model.ship(ckpt, "x", None, tmp_path)
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_refuses_a_checkpoint_outside_a_run_directory(ship_model, tmp_path):
+    ckpt = training_run(tmp_path)
+    loose = tmp_path / "loose.ckpt"
+    loose.write_bytes(ckpt.read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"config.yaml not found: give the checkpoint of a run directory"):
+        ship_model.ship(loose, "x", None, tmp_path)
+    assert not (tmp_path / "x.ckpt").exists()
