@@ -12,7 +12,8 @@ from rich.markup import escape
 from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, add_debug_option, positive_int, run_command
 from tumorseg.data.layouts import select_cases
 from tumorseg.evaluate.folder import LABEL_CHOICES, evaluate_folder
-from tumorseg.evaluate.reports import print_result
+from tumorseg.evaluate.lesionwise import TASKS
+from tumorseg.evaluate.reports import MODES, print_result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,8 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m tumorseg.evaluate",
-        description="BraTS evaluation (Dice, HD95, sensitivity, specificity, volumes of WT, TC, ET) "
-        "of predicted label maps against references.",
+        description="BraTS evaluation (Dice, HD95, sensitivity, specificity, volumes of WT, TC, ET, or "
+        "the BraTS 2023 lesion-wise Dice and HD95) of predicted label maps against references.",
     )
     parser.add_argument("--pred", required=True, help="folder of <case_id>.nii.gz label maps, or one file")
     parser.add_argument("--ref", required=True, help="dataset root (BraTS 2020/2021/2023, MSD) or folder of label maps")
@@ -36,7 +37,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="label convention of the plain label files (default: auto, from the dataset or the values found)",
     )
     parser.add_argument(
-        "--out", help="CSV to write (default: metrics.csv in the pred folder); the JSON goes next to it"
+        "--metrics",
+        choices=MODES,
+        default="volume",
+        help="volume: whole-volume metrics per region; lesionwise: the BraTS 2023 lesion-wise Dice, HD95 "
+        "and lesion counts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="BraTS task of the lesion-wise metrics: its dilation and smallest scored lesion (default: GLI)",
+    )
+    parser.add_argument(
+        "--out",
+        help="CSV to write (default: metrics.csv in the pred folder, metrics_lesionwise.csv for --metrics "
+        "lesionwise); the JSON goes next to it",
     )
     parser.add_argument(
         "--cases",
@@ -50,12 +65,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_debug_option(parser)
     args = parser.parse_args(argv)
+    if args.task is not None and args.metrics != "lesionwise":
+        parser.error("--task applies to --metrics lesionwise only")
     return run_command(lambda: _evaluate(args), debug=args.debug)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     cases = select_cases(args.cases) if args.cases else None
-    result = evaluate_folder(args.pred, args.ref, labels=args.labels, out=args.out, workers=args.workers, cases=cases)
+    result = evaluate_folder(
+        args.pred,
+        args.ref,
+        labels=args.labels,
+        out=args.out,
+        workers=args.workers,
+        cases=cases,
+        metrics=args.metrics,
+        task=args.task or "GLI",
+    )
     console = Console(soft_wrap=True)
     console.print(f"labels: {escape(result.labels_reason)}", highlight=False)
     print_result(result, console)

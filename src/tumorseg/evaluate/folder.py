@@ -3,7 +3,8 @@
 It pairs the prediction files with the references by case id (a dataset root that
 ``tumorseg.data.layouts.discover`` recognises, a folder of ``<case_id>.nii.gz`` label maps, or one
 file), chooses the label convention, evaluates each case with ``region_metrics`` (see
-``tumorseg.evaluate.metrics``; regions as ``tumorseg.labels`` defines them), in worker processes
+``tumorseg.evaluate.metrics``; regions as ``tumorseg.labels`` defines them) or, for the BraTS
+2023 lesion-wise metrics, ``lesionwise_case`` (``tumorseg.evaluate.lesionwise``), in worker processes
 when asked, and writes the CSV and the JSON of ``tumorseg.evaluate.reports``. A case that cannot be
 evaluated is reported with what is wrong, and the others are still evaluated.
 """
@@ -24,8 +25,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tumorseg.data.layouts import DatasetError, discover
+from tumorseg.evaluate.lesionwise import TASKS, lesionwise_case
 from tumorseg.evaluate.metrics import region_metrics
-from tumorseg.evaluate.reports import EvaluationResult, summarise, write_csv, write_json
+from tumorseg.evaluate.reports import MODES, EvaluationResult, summarise, write_csv, write_json
 from tumorseg.io import NiftiError, read_label, spacing
 from tumorseg.labels import CONVENTIONS, REGIONS, to_internal, unexpected_values
 
@@ -73,6 +75,8 @@ class _Job:
     ref: Path
     pred_labels: str
     ref_labels: str
+    mode: str = "volume"
+    task: str = "GLI"
 
 
 def _evaluate_job(job: _Job) -> tuple[str, list[dict[str, Any]] | None, str | None]:
@@ -84,11 +88,17 @@ def _evaluate_job(job: _Job) -> tuple[str, list[dict[str, Any]] | None, str | No
         except NiftiError as error:
             problems.append(str(error))
     if len(read) == 2:
-        (_, pred), (ref_image, ref) = read["pred"], read["ref"]
+        (pred_image, pred), (ref_image, ref) = read["pred"], read["ref"]
         if pred.shape != ref.shape:
             problems.append(
                 f"shape mismatch: the prediction {job.pred} has shape {pred.shape}, the reference {job.ref} "
                 f"has shape {ref.shape}; predictions must lie on the reference's voxel grid"
+            )
+        # the lesion volumes use the prediction's voxel size, as the BraTS 2023 code does
+        if job.mode == "lesionwise" and not np.allclose(spacing(pred_image), spacing(ref_image), rtol=1e-5, atol=0):
+            problems.append(
+                f"voxel size mismatch: the prediction {job.pred} has {spacing(pred_image)} mm, the reference "
+                f"{job.ref} has {spacing(ref_image)} mm; predictions must lie on the reference's voxel grid"
             )
     internal = {}
     for role, (_, data) in read.items():
@@ -98,6 +108,9 @@ def _evaluate_job(job: _Job) -> tuple[str, list[dict[str, Any]] | None, str | No
             problems.append(str(error))
     if problems:
         return job.case_id, None, "; ".join(problems)
+    if job.mode == "lesionwise":
+        scores = lesionwise_case(internal["pred"], internal["ref"], spacing(pred_image), job.task)
+        return job.case_id, [{"case_id": job.case_id, "region": r, **scores[r].metrics()} for r in REGIONS], None
     metrics = region_metrics(internal["pred"], internal["ref"], spacing(ref_image))
     return job.case_id, [{"case_id": job.case_id, "region": region, **metrics[region]} for region in REGIONS], None
 
@@ -218,6 +231,8 @@ def evaluate_folder(
     workers: int = 1,
     progress: bool = True,
     cases: Sequence[str] | None = None,
+    metrics: str = "volume",
+    task: str = "GLI",
 ) -> EvaluationResult:
     """Evaluate predicted label maps against references and write the CSV and JSON.
 
@@ -234,20 +249,32 @@ def evaluate_folder(
             hold only 0, 1, 2, 4 and some 4, else ``brats2023``. Defaults to "auto".
         out: Path of the CSV; the JSON goes next to it with the suffix ``.json``. Defaults to
             None: ``metrics.csv`` in the ``pred`` folder (``<case_id>_metrics.csv`` next to a
-            single ``pred`` file).
+            single ``pred`` file), ``metrics_lesionwise.csv`` (``<case_id>_metrics_lesionwise.csv``)
+            for the lesion-wise metrics.
         workers: Processes evaluating cases in parallel; 1 evaluates in this process. Defaults to 1.
         progress: Show a progress bar on stderr. Defaults to True.
         cases: Evaluate only these case ids (e.g. one fold's validation cases); a listed case
             without prediction or reference is reported missing. Defaults to None: every case.
+        metrics: ``"volume"``: Dice, HD95, sensitivity, specificity and volumes of each region
+            (``tumorseg.evaluate.metrics``); ``"lesionwise"``: the BraTS 2023 lesion-wise Dice, HD95
+            and lesion counts (``tumorseg.evaluate.lesionwise``), with the prediction's voxel size,
+            which must agree with the reference's. Defaults to "volume".
+        task: The BraTS task whose lesion definition the lesion-wise metrics use, a key of
+            ``tumorseg.evaluate.lesionwise.TASKS``. Defaults to "GLI".
 
     Returns:
         The metrics, their summary, the cases without counterpart and the cases that failed.
 
     Raises:
-        EvaluationError: ``pred`` or ``ref`` is missing or holds no label files, or ``labels`` is unknown.
+        EvaluationError: ``pred`` or ``ref`` is missing or holds no label files, or ``labels``,
+            ``metrics`` or ``task`` is unknown.
     """
     if labels not in LABEL_CHOICES:
         raise EvaluationError(f"unknown label convention {labels!r}; choose one of {', '.join(LABEL_CHOICES)}.")
+    if metrics not in MODES:
+        raise EvaluationError(f"unknown metrics {metrics!r}; choose one of {', '.join(MODES)}.")
+    if task not in TASKS:
+        raise EvaluationError(f"unknown BraTS task {task!r}; choose one of {', '.join(TASKS)}.")
     pred, ref = Path(pred).expanduser(), Path(ref).expanduser()
     errors: dict[str, str] = {}
     if pred.is_file():
@@ -290,7 +317,7 @@ def evaluate_folder(
     matched = sorted((predictions.keys() & references.files.keys()) - errors.keys())
 
     def job(case_id: str, pred_labels: str, ref_labels: str) -> _Job:
-        return _Job(case_id, predictions[case_id], references.files[case_id], pred_labels, ref_labels)
+        return _Job(case_id, predictions[case_id], references.files[case_id], pred_labels, ref_labels, metrics, task)
 
     if references.layout is not None:
         chosen = references.layout if labels == "auto" else labels
@@ -322,14 +349,18 @@ def evaluate_folder(
     rows.sort(key=lambda row: (row["case_id"], order[row["region"]]))
     result = EvaluationResult(
         rows=rows,
-        summary=summarise(rows),
+        summary=summarise(rows, metrics),
         missing=dict(sorted(missing.items())),
         errors=dict(sorted(errors.items())),
         labels=chosen,
         labels_reason=reason,
+        mode=metrics,
+        task=task if metrics == "lesionwise" else "",
     )
+    if metrics == "lesionwise":  # beside the whole-volume metrics.csv, not over it
+        default_out = default_out.with_name(f"{default_out.stem}_lesionwise.csv")
     csv_path = Path(out).expanduser() if out is not None else default_out
     result.csv_path, result.json_path = csv_path, csv_path.with_suffix(".json")
-    write_csv(result.rows, result.csv_path)
+    write_csv(result.rows, result.csv_path, ("case_id", "region", *MODES[metrics]))
     write_json(result, result.json_path)
     return result

@@ -16,11 +16,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tumorseg.evaluate.lesionwise import LESIONWISE_METRICS
 from tumorseg.evaluate.metrics import METRICS
 from tumorseg.io import atomic_write
 from tumorseg.labels import REGION_NAMES, REGIONS
 
 COLUMNS = ("case_id", "region", *METRICS)
+LESIONWISE_COLUMNS = ("case_id", "region", *LESIONWISE_METRICS)
+MODES = {"volume": METRICS, "lesionwise": LESIONWISE_METRICS}
+"""``--metrics`` of the evaluation -> the metrics of each row: whole-volume or BraTS 2023 lesion-wise."""
+# lesion counts are summed over the cases, not averaged
+_COUNTS = ("num_tp", "num_fp", "num_fn")
 
 
 @dataclass
@@ -28,10 +34,12 @@ class EvaluationResult:
     """What ``evaluate_folder`` found.
 
     Attributes:
-        rows: One dict per evaluated case and region with the keys of ``COLUMNS``, sorted by case
-            id then in ``REGIONS`` order; NaN where a metric is undefined.
+        rows: One dict per evaluated case and region with the keys of ``COLUMNS`` (of
+            ``LESIONWISE_COLUMNS`` in the lesion-wise mode), sorted by case id then in ``REGIONS``
+            order; NaN where a metric is undefined.
         summary: region -> metric -> ``{"mean", "median", "std"}`` over the cases, NaNs ignored
-            (NaN when no case has a value); std is the population standard deviation.
+            (NaN when no case has a value); std is the population standard deviation. The lesion
+            counts have ``{"total"}`` instead.
         missing: Case id -> why it has no counterpart (a prediction without reference or a
             reference without prediction).
         errors: Case id -> why the case could not be evaluated (unreadable file, shape mismatch,
@@ -40,6 +48,8 @@ class EvaluationResult:
         labels_reason: How that convention was chosen, for the user.
         csv_path: The CSV written, or None.
         json_path: The JSON written, or None.
+        mode: The metrics, a key of ``MODES``.
+        task: The BraTS task of the lesion-wise metrics (see ``tumorseg.evaluate.lesionwise.TASKS``), else "".
     """
 
     rows: list[dict[str, Any]]
@@ -50,6 +60,8 @@ class EvaluationResult:
     labels_reason: str = ""
     csv_path: Path | None = None
     json_path: Path | None = None
+    mode: str = "volume"
+    task: str = ""
 
     @property
     def ok(self) -> bool:
@@ -62,13 +74,17 @@ class EvaluationResult:
         return sorted({row["case_id"] for row in self.rows})
 
 
-def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """region -> metric -> ``{"mean", "median", "std"}`` over the rows, NaNs ignored (NaN when none is left)."""
+def summarise(rows: Iterable[dict[str, Any]], mode: str = "volume") -> dict[str, dict[str, dict[str, float]]]:
+    """region -> metric -> ``{"mean", "median", "std"}`` over the rows, NaNs ignored (NaN when none
+    is left); ``{"total"}`` for the lesion counts. ``mode`` is a key of ``MODES``."""
     rows = list(rows)
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for region in REGIONS:
         summary[region] = {}
-        for metric in METRICS:
+        for metric in MODES[mode]:
+            if metric in _COUNTS:
+                summary[region][metric] = {"total": sum(int(row[metric]) for row in rows if row["region"] == region)}
+                continue
             values = np.array([row[metric] for row in rows if row["region"] == region], dtype=np.float64)
             values = values[~np.isnan(values)]
             if values.size:
@@ -79,10 +95,10 @@ def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, f
     return summary
 
 
-def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> None:
-    """One line per case and region with the columns of ``COLUMNS``; NaN is written ``nan``."""
+def write_csv(rows: Iterable[dict[str, Any]], path: str | os.PathLike, columns: tuple[str, ...] = COLUMNS) -> None:
+    """One line per case and region with ``columns`` (``COLUMNS`` or ``LESIONWISE_COLUMNS``); NaN is written ``nan``."""
     with atomic_write(path) as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -97,19 +113,22 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(result: EvaluationResult, path: str | os.PathLike) -> None:
-    """``{"cases": {case: {region: {metric: value}}}, "summary", "missing", "errors", "labels"}``; NaN is null."""
+    """``{"cases": {case: {region: {metric: value}}}, "summary", "missing", "errors", "labels", "metrics"}``
+    (and ``"task"`` for the lesion-wise metrics); NaN is null."""
     cases: dict[str, dict[str, dict[str, float]]] = {}
     for row in result.rows:
-        cases.setdefault(row["case_id"], {})[row["region"]] = {metric: row[metric] for metric in METRICS}
-    content = _json_safe(
-        {
-            "cases": cases,
-            "summary": result.summary,
-            "missing": result.missing,
-            "errors": result.errors,
-            "labels": result.labels,
-        }
-    )
+        cases.setdefault(row["case_id"], {})[row["region"]] = {metric: row[metric] for metric in MODES[result.mode]}
+    content = {
+        "cases": cases,
+        "summary": result.summary,
+        "missing": result.missing,
+        "errors": result.errors,
+        "labels": result.labels,
+        "metrics": result.mode,
+    }
+    if result.task:
+        content["task"] = result.task
+    content = _json_safe(content)
     with atomic_write(path) as file:
         json.dump(content, file, indent=2, allow_nan=False)
 
@@ -117,23 +136,45 @@ def write_json(result: EvaluationResult, path: str | os.PathLike) -> None:
 def _format(metric: str, value: float) -> str:
     if math.isnan(value):
         return "n/a"
-    return f"{value:.4f}" if metric in ("dice", "sensitivity", "specificity") else f"{value:.2f}"
+    return f"{value:.4f}" if metric in ("dice", "lesion_dice", "sensitivity", "specificity") else f"{value:.2f}"
+
+
+def _lesionwise_table(result: EvaluationResult) -> Table:
+    table = Table(title=f"BraTS {result.task} lesion-wise metrics over {len(result.case_ids)} case(s)")
+    names = ("region", "lesion Dice mean", "median", "lesion HD95 mean (mm)", "median", "TP", "FP", "FN")
+    for name in names:
+        table.add_column(name, justify="left" if name == "region" else "right")
+    for region in REGIONS:
+        stats = result.summary[region]
+        table.add_row(
+            REGION_NAMES[region],
+            *(
+                _format(metric, stats[metric][name])
+                for metric in ("lesion_dice", "lesion_hd95")
+                for name in ("mean", "median")
+            ),
+            *(str(stats[count]["total"]) for count in _COUNTS),
+        )
+    return table
 
 
 def print_result(result: EvaluationResult, console: Console) -> None:
     """The summary table, then the cases without counterpart and the failed cases."""
-    table = Table(title=f"BraTS metrics over {len(result.case_ids)} case(s), NaNs ignored")
-    for name in ("region", "metric", "mean", "median", "std"):
-        table.add_column(name, justify="left" if name in ("region", "metric") else "right")
-    for region in REGIONS:
-        for index, metric in enumerate(METRICS):
-            stats = result.summary[region][metric]
-            table.add_row(
-                REGION_NAMES[region] if index == 0 else "",
-                metric,
-                *(_format(metric, stats[name]) for name in ("mean", "median", "std")),
-                end_section=index == len(METRICS) - 1,
-            )
+    if result.mode == "lesionwise":
+        table = _lesionwise_table(result)
+    else:
+        table = Table(title=f"BraTS metrics over {len(result.case_ids)} case(s), NaNs ignored")
+        for name in ("region", "metric", "mean", "median", "std"):
+            table.add_column(name, justify="left" if name in ("region", "metric") else "right")
+        for region in REGIONS:
+            for index, metric in enumerate(METRICS):
+                stats = result.summary[region][metric]
+                table.add_row(
+                    REGION_NAMES[region] if index == 0 else "",
+                    metric,
+                    *(_format(metric, stats[name]) for name in ("mean", "median", "std")),
+                    end_section=index == len(METRICS) - 1,
+                )
     console.print(table)
     for title, entries in (("without counterpart", result.missing), ("not evaluated", result.errors)):
         if entries:
@@ -142,4 +183,4 @@ def print_result(result: EvaluationResult, console: Console) -> None:
                 console.print(f"- {escape(case_id)}: {escape(message)}", highlight=False)
 
 
-__all__ = ["COLUMNS", "print_result", "summarise", "write_csv", "write_json"]
+__all__ = ["COLUMNS", "LESIONWISE_COLUMNS", "MODES", "print_result", "summarise", "write_csv", "write_json"]
