@@ -7,16 +7,18 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import matplotlib.image
 import nibabel as nib
 import numpy as np
 import pytest
+from filelock import FileLock
 from scipy import ndimage
 
 from tumorseg.data import synthetic
-from tumorseg.data.synthetic import DEFAULT_SHAPE, MANIFEST, generate_dataset, make_phantom
+from tumorseg.data.synthetic import DEFAULT_SHAPE, LOCK, MANIFEST, generate_dataset, make_phantom
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SMALL = (48, 48, 32)
@@ -50,7 +52,7 @@ def phantoms() -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
 
 
 def test_layout_types_and_header(dataset):
-    assert sorted(p.name for p in dataset.iterdir()) == ["BraTS20_Training_001", "BraTS20_Training_002", MANIFEST]
+    assert sorted(p.name for p in dataset.iterdir()) == [LOCK, "BraTS20_Training_001", "BraTS20_Training_002", MANIFEST]
     for case in ("BraTS20_Training_001", "BraTS20_Training_002"):
         assert sorted(p.name for p in (dataset / case).iterdir()) == sorted(f"{case}_{f}.nii.gz" for f in FILES)
         for name in FILES:
@@ -243,7 +245,7 @@ def test_cli_writes_cases_and_previews(tmp_path):
     out = tmp_path / "data"
     result = run_cli(str(out), "--cases", "2", "--seed", "3", "--shape", *map(str, SMALL), "--preview")
     assert result.returncode == 0, result.stderr
-    expected = ["BraTS20_Training_001", "BraTS20_Training_002", MANIFEST, "previews"]
+    expected = ["BraTS20_Training_001", "BraTS20_Training_002", MANIFEST, LOCK, "previews"]
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     assert len(list(out.glob("BraTS20_Training_00?/*.nii.gz"))) == 10
     for case in ("BraTS20_Training_001", "BraTS20_Training_002"):
@@ -302,6 +304,25 @@ def test_killed_run_is_repaired(dataset, tmp_path, monkeypatch):
     generate_dataset(out, cases=2, seed=7, shape=SMALL, progress=False)
     assert nifti_bytes(out) == nifti_bytes(dataset)
     assert not list(out.rglob("*.partial*"))
+
+
+def test_a_second_generator_waits_for_the_first(dataset, tmp_path):
+    """The nodes of a launch sharing a file system each start a generator in the same folder: one
+    at a time, so none removes another's temporary files as a killed run's."""
+    out = tmp_path / "shared"
+    out.mkdir()
+    first = FileLock(out / LOCK)  # another node's generator, busy
+    first.acquire()
+    second = threading.Thread(
+        target=generate_dataset, args=(out,), kwargs={"cases": 2, "seed": 7, "shape": SMALL, "progress": False}
+    )
+    second.start()
+    second.join(timeout=1.0)
+    assert second.is_alive() and not (out / MANIFEST).exists(), "the second generator did not wait"
+    first.release()
+    second.join(timeout=60)
+    assert not second.is_alive()
+    assert nifti_bytes(out) == nifti_bytes(dataset)
 
 
 def test_rerun_skips_complete_cases_and_rewrites_damaged_ones(dataset, tmp_path):

@@ -63,7 +63,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def run_script(args: list[str], env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), **(env_extra or {})}
+    # this checkout's package, whichever tumorseg is installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]), **(env_extra or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=timeout,

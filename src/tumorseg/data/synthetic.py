@@ -59,6 +59,8 @@ file under a final name. A case counts as complete, and is skipped when the same
 again, when the manifest lists it (it is listed only after all five files are in place) and every
 file still has the SHA-256 recorded there (and, with ``--preview``, its PNG exists); any other case
 is generated again, which rewrites its five files and removes temporary files a killed run left.
+Generators writing into one folder at once (the nodes of a training launch sharing a file system)
+take turns, holding the lock ``OUT/.synthetic.lock``: the later ones find the cases complete.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from statistics import NormalDist
 
 import nibabel as nib
 import numpy as np
+from filelock import FileLock
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
@@ -98,6 +101,7 @@ DEFAULT_SHAPE = (240, 240, 155)  # BraTS: 1 mm voxels, axes running R->L, A->P, 
 MIN_SIZE = 16  # voxels per axis below which the anatomy has no room
 GENERATOR = "tumorseg.data.synthetic"
 MANIFEST = "synthetic.json"
+LOCK = ".synthetic.lock"  # held by the generator writing into a folder
 CASE_PREFIX = "BraTS20_Training_"
 # Bump whenever make_phantom's output changes, so folders written by an older version are refused
 # instead of being topped up with cases that do not match.
@@ -600,8 +604,6 @@ def _claim_output(out: Path, seed: int, shape: tuple[int, int, int], cases: int)
     """
     settings = {"generator": GENERATOR, "version": PHANTOM_VERSION, "seed": seed, "shape": list(shape)}
     path = out / MANIFEST
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a folder; choose a folder for the synthetic cases.")
     if path.is_file():
         try:
             manifest = json.loads(path.read_text())
@@ -700,27 +702,39 @@ def generate_dataset(
         if not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"{name} must be an integer of at least {least}, got {value!r}.")
     out = Path(out)
-    manifest = _claim_output(out, seed, shape, cases)
-    todo = [
-        i
-        for i in range(1, cases + 1)
-        if not _is_complete(out, case_id(i), manifest["complete"].get(case_id(i)), preview)
-    ]
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task(f"synthetic cases -> {out}", total=cases, completed=cases - len(todo))
-        for name, digests in _run(out, todo, seed, shape, preview, workers):
-            # Listed only now that all its files are in place: this is what makes a case complete.
-            manifest["complete"][name] = digests
-            _save_manifest(out, manifest)
-            bar.advance(task)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose a folder for the synthetic cases.")
+    out.mkdir(parents=True, exist_ok=True)
+    # One generator at a time: the nodes of a launch sharing a file system all start one, and each
+    # removes the temporary files it takes for a killed run's. The others wait, then find the cases complete.
+    lock = out / LOCK
+    created = not lock.exists()
+    with FileLock(lock):
+        try:
+            manifest = _claim_output(out, seed, shape, cases)
+        except FileExistsError:
+            if created:
+                lock.unlink(missing_ok=True)  # a refused folder is left as it was
+            raise
+        todo = [
+            i
+            for i in range(1, cases + 1)
+            if not _is_complete(out, case_id(i), manifest["complete"].get(case_id(i)), preview)
+        ]
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task(f"synthetic cases -> {out}", total=cases, completed=cases - len(todo))
+            for name, digests in _run(out, todo, seed, shape, preview, workers):
+                # Listed only now that all its files are in place: this is what makes a case complete.
+                manifest["complete"][name] = digests
+                _save_manifest(out, manifest)
+                bar.advance(task)
     return [out / case_id(i) for i in range(1, cases + 1)]
 
 

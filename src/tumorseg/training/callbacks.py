@@ -1,8 +1,9 @@
 """Lightning callbacks and plugins of a training run: atomic checkpoints, the run record, the
-loss/score figure and the W&B image panel."""
+loss/score figure, the validation cases' scores and the W&B image panel."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from tumorseg.io import atomic_write, write_atomic
+from tumorseg.labels import REGIONS
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,49 @@ class WandbSegmentationPanel(Callback):
         for logger in self.loggers:
             logger.log_image(key="val/panel", images=[figure_to_array(fig)], caption=[sample["case_id"]])
         pl_module.val_sample = None
+
+
+class ValidationCases(Callback):
+    """Appends, after each validation, the Dice of every validation case to ``val_cases.csv`` in the
+    run directory: epoch, case, the rank that validated it and its WT, TC and ET Dice (the scores
+    whose mean is ``val/dice_*``). Which cases pull the mean down, and, under DDP, that every case
+    was validated once: the ranks' rows are gathered to rank zero, which alone writes."""
+
+    def __init__(self, filename: str = "val_cases.csv"):
+        self.filename = filename
+        self.rows: list[dict] = []
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rows = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or not isinstance(outputs, dict) or "dice" not in outputs:
+            return
+        for case_id, dice in zip(batch["case_id"], outputs["dice"].tolist()):
+            row = {"epoch": trainer.current_epoch, "case_id": case_id, "rank": trainer.global_rank}
+            self.rows.append({**row, **{f"dice_{region}": value for region, value in zip(REGIONS, dice)}})
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        rows = self.rows
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts = [None] * trainer.world_size if trainer.is_global_zero else None
+            torch.distributed.gather_object(rows, parts, dst=0)  # every rank calls it, rank zero receives
+            rows = [row for part in parts for row in part] if trainer.is_global_zero else []
+        if trainer.is_global_zero and rows:
+            self.write(Path(trainer.default_root_dir) / self.filename, sorted(rows, key=lambda r: r["case_id"]))
+        self.rows = []
+
+    @staticmethod
+    def write(path: Path, rows: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with open(path, "a", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
 
 
 class TrainingThroughput(Callback):

@@ -24,7 +24,7 @@ from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_lo
 from tumorseg.labels import MODALITIES, REGIONS
 from tumorseg.models import build_model
 from tumorseg.training.losses import SegmentationLoss
-from tumorseg.training.metrics import RegionDice
+from tumorseg.training.metrics import RegionDice, dice_per_case
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,9 @@ class SegmentationModule(pl.LightningModule):
 
     # -- validation
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        """Scores whole cases; returns their ids and their Dice (B, 3: WT, TC, ET) for callbacks
+        (``ValidationCases``)."""
         image, label = batch["image"], batch["label"]
         logits = self.predict_logits(image)
         parts = self.loss_fn(logits, label)
@@ -264,6 +266,7 @@ class SegmentationModule(pl.LightningModule):
                 "label": label[0].cpu().numpy(),
                 "pred": pred[0].cpu().numpy(),
             }
+        return {"case_id": list(batch["case_id"]), "dice": dice_per_case(pred, label)}
 
     def on_validation_epoch_end(self) -> None:
         dice = self.val_dice.compute()
