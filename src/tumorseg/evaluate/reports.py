@@ -6,7 +6,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tumorseg.evaluate.metrics import METRICS
 from tumorseg.io import atomic_write
-from tumorseg.labels import REGION_NAMES, REGIONS
+from tumorseg.labels import REGIONS, label_set
 
 COLUMNS = ("case_id", "region", *METRICS)
 
@@ -29,7 +29,7 @@ class EvaluationResult:
 
     Attributes:
         rows: One dict per evaluated case and region with the keys of ``COLUMNS``, sorted by case
-            id then in ``REGIONS`` order; NaN where a metric is undefined.
+            id then in ``REGIONS`` order (the label set's regions); NaN where a metric is undefined.
         summary: region -> metric -> ``{"mean", "median", "std"}`` over the cases, NaNs ignored
             (NaN when no case has a value); std is the population standard deviation.
         missing: Case id -> why it has no counterpart (a prediction without reference or a
@@ -38,6 +38,7 @@ class EvaluationResult:
             label values outside the convention...).
         labels: The label convention the prediction files were read with.
         labels_reason: How that convention was chosen, for the user.
+        label_set: The label set of that convention (``tumorseg.labels``), whose regions are reported.
         csv_path: The CSV written, or None.
         json_path: The JSON written, or None.
     """
@@ -48,6 +49,7 @@ class EvaluationResult:
     errors: dict[str, str] = field(default_factory=dict)
     labels: str = ""
     labels_reason: str = ""
+    label_set: str = "brats2023"
     csv_path: Path | None = None
     json_path: Path | None = None
 
@@ -62,11 +64,14 @@ class EvaluationResult:
         return sorted({row["case_id"] for row in self.rows})
 
 
-def summarise(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """region -> metric -> ``{"mean", "median", "std"}`` over the rows, NaNs ignored (NaN when none is left)."""
+def summarise(
+    rows: Iterable[dict[str, Any]], regions: Sequence[str] = REGIONS
+) -> dict[str, dict[str, dict[str, float]]]:
+    """region -> metric -> ``{"mean", "median", "std"}`` over the rows, NaNs ignored (NaN when none is left),
+    for ``regions`` (default: WT, TC, ET)."""
     rows = list(rows)
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    for region in REGIONS:
+    for region in regions:
         summary[region] = {}
         for metric in METRICS:
             values = np.array([row[metric] for row in rows if row["region"] == region], dtype=np.float64)
@@ -125,11 +130,12 @@ def print_result(result: EvaluationResult, console: Console) -> None:
     table = Table(title=f"BraTS metrics over {len(result.case_ids)} case(s), NaNs ignored")
     for name in ("region", "metric", "mean", "median", "std"):
         table.add_column(name, justify="left" if name in ("region", "metric") else "right")
-    for region in REGIONS:
+    labels = label_set(result.label_set)
+    for region in labels.regions:
         for index, metric in enumerate(METRICS):
             stats = result.summary[region][metric]
             table.add_row(
-                REGION_NAMES[region] if index == 0 else "",
+                labels.region_names[region] if index == 0 else "",
                 metric,
                 *(_format(metric, stats[name]) for name in ("mean", "median", "std")),
                 end_section=index == len(METRICS) - 1,

@@ -171,8 +171,9 @@ class LossScorePlot(Callback):
     def __init__(self, filename: str = "loss_score.png"):
         self.filename = filename
 
-    def draw(self, trainer: pl.Trainer) -> Path | None:
+    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None = None) -> Path | None:
         from tumorseg.plots import epoch_history, plot_loss_score
+        from tumorseg.plots.curves import region_keys
 
         for logger in trainer.loggers:
             logger.save()
@@ -182,7 +183,11 @@ class LossScorePlot(Callback):
             log.warning("No CSV logger: %s is not drawn.", self.filename)
             return None
         try:
-            path = plot_loss_score(epoch_history(files), Path(trainer.default_root_dir) / self.filename)
+            path = plot_loss_score(
+                epoch_history(files),
+                Path(trainer.default_root_dir) / self.filename,
+                region_keys=region_keys(getattr(pl_module, "label_set", "brats2023")),
+            )
         except (FileNotFoundError, ValueError) as err:
             log.warning("%s not drawn: %s", self.filename, err)
             return None
@@ -191,11 +196,11 @@ class LossScorePlot(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.draw(trainer)
+            self.draw(trainer, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero:
-            self.draw(trainer)
+            self.draw(trainer, pl_module)
 
 
 class WandbSegmentationPanel(Callback):
@@ -218,6 +223,7 @@ class WandbSegmentationPanel(Callback):
             sample["label"],
             modalities=tuple(pl_module.hparams.modalities),
             title=f"{sample['case_id']}, epoch {trainer.current_epoch}",
+            colours=pl_module.label_set.colours,
         )
         for logger in self.loggers:
             logger.log_image(key="val/panel", images=[figure_to_array(fig)], caption=[sample["case_id"]])
