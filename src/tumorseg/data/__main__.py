@@ -1,6 +1,6 @@
 """Command line of ``tumorseg.data``.
 
-python -m tumorseg.data check ROOT [--no-labels] [--layout NAME] [--workers N] [--debug]
+python -m tumorseg.data check ROOT [--no-labels] [--layout NAME] [--convention NAME] [--workers N] [--debug]
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tumorseg.cli import add_debug_option, positive_int, run_command
 from tumorseg.data import check
-from tumorseg.data.layouts import LAYOUTS
+from tumorseg.data.layouts import CONVENTION_LAYOUTS, LAYOUTS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     check_parser.add_argument("--no-labels", action="store_true", help="accept cases without a label file")
     check_parser.add_argument("--layout", choices=LAYOUTS, help="read the files as this layout instead of detecting it")
     check_parser.add_argument(
+        "--convention",
+        choices=sorted(CONVENTION_LAYOUTS),
+        help="read the label files in this convention instead of the layout's own: brats2024 for BraTS 2024 "
+        "post-treatment data (labels 1-4), which is named like 2023's",
+    )
+    check_parser.add_argument(
         "--workers",
         type=positive_int,
         default=min(4, cpus),
@@ -39,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     add_debug_option(check_parser)
     args = parser.parse_args(argv)
     return run_command(
-        lambda: check.run(args.root, require_labels=not args.no_labels, layout=args.layout, workers=args.workers),
+        lambda: check.run(
+            args.root,
+            require_labels=not args.no_labels,
+            layout=args.layout,
+            workers=args.workers,
+            convention=args.convention,
+        ),
         debug=args.debug,
     )
 

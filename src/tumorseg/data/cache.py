@@ -163,8 +163,11 @@ class Cache:
 
 
 def fingerprint(case: Case) -> str:
-    """Hash of the case's source files (resolved path, size, modification time) and layout."""
+    """Hash of the case's source files (resolved path, size, modification time), layout and label
+    convention (where it is not the layout's: the same files read as BraTS 2024 make other labels)."""
     h = hashlib.sha1(case.layout.encode())
+    if case.convention is not None:
+        h.update(f"|convention={case.convention}".encode())
     for path in case.files:
         st = Path(path).stat()
         h.update(f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -322,6 +325,7 @@ def _write_entry(settings_dir: Path, case: Case, config: PreprocessConfig) -> tu
         **geometry,
         "version": FORMAT_VERSION,
         "layout": case.layout,
+        **({"convention": case.convention} if case.convention else {}),
         "sources": [str(Path(p).resolve()) for p in case.files],
         "fingerprint": fp,
         "dtype": config.dtype,

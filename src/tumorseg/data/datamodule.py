@@ -28,8 +28,10 @@ from torchio.data.sampler import RandomSampler
 from tumorseg.data.augment import BatchAugment
 from tumorseg.data.cache import Cache, CacheEntry, PreprocessConfig, build_cache
 from tumorseg.data.check import format_problems
-from tumorseg.data.layouts import DatasetError, discover
+from tumorseg.data.layouts import CONVENTION_LAYOUTS, DatasetError, check_convention, convention_hint, discover
 from tumorseg.io import cache_root
+from tumorseg.labels import convention_label_set
+from tumorseg.labels import label_set as _label_set
 from tumorseg.sizes import DEFAULT_PATCH_SIZE, size3
 
 PAPER_TRAIN_CASES = 250  # the paper trained on the first 250 BraTS 2020 training cases
@@ -279,6 +281,10 @@ class BratsDataModule(pl.LightningDataModule):
         root: dataset root in any layout ``tumorseg.data.layouts`` knows.
         cache_dir: where preprocessed cases go. Defaults to ``default_cache_dir(root)``.
         layout: force a layout instead of detecting it. Defaults to None.
+        convention: read the label files in this convention instead of the layout's own:
+            ``"brats2024"`` for BraTS 2024 post-treatment data, named like 2023's. Defaults to None.
+        label_set: the label set the model learns (``labels=``); the dataset's convention must be
+            one of its own (``tumorseg.labels.LabelSet.conventions``). Defaults to ``"brats2023"``.
         split: ``"kfold"`` (``num_folds`` folds of the shuffled cases, ``fold`` validates) or
             ``"paper"`` (the first 250 cases train, the rest validate). Ignored when
             ``split_file`` is given. Defaults to ``"kfold"``.
@@ -308,6 +314,8 @@ class BratsDataModule(pl.LightningDataModule):
         *,
         cache_dir: str | Path | None = None,
         layout: str | None = None,
+        convention: str | None = None,
+        label_set: str = "brats2023",
         split: str = "kfold",
         split_file: str | Path | None = None,
         fold: int = 0,
@@ -341,6 +349,14 @@ class BratsDataModule(pl.LightningDataModule):
         self.root = Path(root).expanduser()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir(self.root)
         self.layout, self.split_name, self.split_file = layout, split, split_file
+        check_convention(convention, layout)
+        self.convention, self.label_set = convention, _label_set(label_set)
+        if convention is not None and convention not in self.label_set.conventions:
+            wanted = convention_label_set(convention).name
+            raise ValueError(
+                f"data.convention={convention} holds labels of the {wanted} label set, but the model learns "
+                f"labels={self.label_set.name}; pass labels={wanted}."
+            )
         self.fold, self.num_folds, self.seed = fold, num_folds, seed
         self.batch_size = batch_size
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
@@ -363,7 +379,18 @@ class BratsDataModule(pl.LightningDataModule):
     # -- preparation
 
     def _build_cache(self, progress: bool) -> Cache:
-        discovery = discover(self.root, require_labels=True, layout=self.layout)
+        discovery = discover(self.root, require_labels=True, layout=self.layout, convention=self.convention)
+        convention = self.convention or discovery.layout
+        if convention not in self.label_set.conventions:
+            hint = next(
+                (convention_hint(c, discovery.layout) for c, layout in CONVENTION_LAYOUTS.items()
+                 if layout == discovery.layout and c in self.label_set.conventions),
+                f"use data with one of the conventions {', '.join(self.label_set.conventions)}",
+            )  # fmt: skip
+            raise DatasetError(
+                f"{self.root}: labels={self.label_set.name}, but the dataset's labels are read in the {convention} "
+                f"convention (of the {discovery.layout} layout, detected from the file names); {hint}."
+            )
         cache = build_cache(
             discovery, self.cache_dir, self.preprocess_config, workers=self.preprocess_workers, progress=progress
         )
@@ -476,11 +503,21 @@ class SyntheticDataModule(BratsDataModule):
         shape: phantom size in voxels. Defaults to 96x96x64.
         data_seed: generator seed. Defaults to 0.
         **kwargs: ``BratsDataModule`` arguments.
+
+    Raises:
+        ValueError: a label set other than BraTS 2023's: the phantoms have no resection cavity.
     """
 
     def __init__(
         self, root: str | Path, *, cases: int = 16, shape: Sequence[int] = (96, 96, 64), data_seed: int = 0, **kwargs
     ):
+        labels = _label_set(kwargs.get("label_set", "brats2023"))
+        if "brats2020" not in labels.conventions:  # the phantoms' labels (BraTS 2020 layout)
+            raise ValueError(
+                f"data=synthetic with labels={labels.name}: the phantoms carry BraTS 2023 classes only (NCR, ED, ET; "
+                f"no resection cavity). Train labels={labels.name} on real data: data=brats data.root=/path "
+                f"data.convention={next(iter(labels.conventions))}, or keep labels=brats2023 for the phantoms."
+            )
         shape = tuple(int(s) for s in shape)
         self.cases, self.shape, self.data_seed = cases, shape, data_seed
         from tumorseg.data.synthetic import PHANTOM_VERSION, phantom_spacing

@@ -15,7 +15,9 @@ The layouts, with the file names of one case::
     brats2023  BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t2f,t1n,t1c,t2w,seg}.nii.gz
     msd        dataset.json, imagesTr/BRATS_001.nii.gz (4D), labelsTr/BRATS_001.nii.gz, imagesTs/
 
-The layout name is also the name of the case's label convention in ``labels.CONVENTIONS``.
+The layout name is also the name of the case's label convention in ``labels.CONVENTIONS``,
+unless the files are read in another convention that shares the naming (``CONVENTION_LAYOUTS``):
+BraTS 2024 post-treatment data is named like 2023's but holds labels 1-4 (``convention="brats2024"``).
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from tumorseg.io import NiftiError, grid_mismatch, label_voxels, non_finite, read_nifti, spacing
-from tumorseg.labels import CONVENTIONS, MODALITIES, to_internal, unexpected_values
+from tumorseg.labels import ALL_CONVENTIONS, MODALITIES, convention_label_set, to_internal, unexpected_values
 
 LAYOUTS = ("brats2020", "brats2021", "brats2023", "msd")
+# label conventions that are not a layout's own -> the layout whose file names they share; nothing
+# in the files tells them apart, so the user names them (data.convention, --convention)
+CONVENTION_LAYOUTS = {"brats2024": "brats2023"}
 
 # Per BraTS layout: case id pattern, separator between id and suffix, file suffix of each modality
 # in MODALITIES order. The label is always "<id><sep>seg".
@@ -75,12 +80,20 @@ class Case:
         layout: One of ``LAYOUTS``; also the name of the label convention in ``labels.CONVENTIONS``.
         images: The four modality files in ``MODALITIES`` order; for ``msd`` the one 4D file.
         label: The label file, or None where the case has none (validation and test data).
+        convention: The label convention of ``label`` when it is not the layout's own (see
+            ``CONVENTION_LAYOUTS``), else None.
     """
 
     case_id: str
     layout: str
     images: tuple[Path, ...]
     label: Path | None
+    convention: str | None = None
+
+    @property
+    def label_convention(self) -> str:
+        """The convention the label file is read in (``labels.ALL_CONVENTIONS``)."""
+        return self.convention or self.layout
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -115,6 +128,8 @@ class Problem:
     message: str
     case_id: str | None = None
     path: Path | None = None
+    # label values outside the case's convention, where that is the problem (for ``check``'s hints)
+    label_values: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def __str__(self) -> str:
         where = [f"case {self.case_id}"] if self.case_id else []
@@ -180,7 +195,40 @@ def select_cases(spec) -> list[str]:
     return ids
 
 
-def discover(root: str | os.PathLike, *, require_labels: bool = False, layout: str | None = None) -> Discovery:
+def check_convention(convention: str | None, layout: str | None = None) -> None:
+    """Refuse a label convention that the files of ``layout`` (when known) cannot be in.
+
+    Raises:
+        ValueError: ``convention`` is unknown, or not ``layout``'s own nor one sharing its file names.
+    """
+    if convention is None:
+        return
+    if convention not in ALL_CONVENTIONS:
+        raise ValueError(f"Unknown label convention {convention!r}; choose one of {', '.join(ALL_CONVENTIONS)}.")
+    own = CONVENTION_LAYOUTS.get(convention, convention)
+    if layout is not None and own != layout:
+        raise ValueError(
+            f"the {convention} label convention is read from files named like the {own} layout, but the dataset "
+            f"is a {layout} dataset; leave the convention out to read its own ({layout})."
+        )
+
+
+def convention_hint(convention: str, layout: str) -> str:
+    """What to pass to read a ``layout``-named dataset in ``convention`` (one of ``CONVENTION_LAYOUTS``)."""
+    labels = convention_label_set(convention).name
+    return (
+        f"{convention} data is named like {layout}'s: check it with --convention {convention}, "
+        f"train on it with data.convention={convention} labels={labels}"
+    )
+
+
+def discover(
+    root: str | os.PathLike,
+    *,
+    require_labels: bool = False,
+    layout: str | None = None,
+    convention: str | None = None,
+) -> Discovery:
     """Find the cases under ``root``.
 
     ``root`` is a dataset folder (the case folders may lie one level deeper, as in the official
@@ -193,16 +241,21 @@ def discover(root: str | os.PathLike, *, require_labels: bool = False, layout: s
             Defaults to False.
         layout: Read the files as this layout instead of detecting it. Defaults to None (detect:
             the layout with the most cases; files of other layouts are then problems).
+        convention: Read the label files in this convention instead of the layout's own: one
+            that shares the layout's file names (``brats2024`` for a ``brats2023``-named dataset).
+            Defaults to None.
 
     Returns:
         The layout, the usable cases and the problems found.
 
     Raises:
         DatasetError: ``root`` does not exist, is not a folder, or holds no case of a known layout.
-        ValueError: ``layout`` is not one of ``LAYOUTS``.
+        ValueError: ``layout`` is not one of ``LAYOUTS``, or ``convention`` is unknown or does not
+            fit the layout.
     """
     if layout is not None and layout not in LAYOUTS:
         raise ValueError(f"Unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}.")
+    check_convention(convention, layout)
     root = Path(root).expanduser()
     if not root.exists():
         raise DatasetError(_no_dataset(root, "does not exist"))
@@ -240,7 +293,10 @@ def discover(root: str | os.PathLike, *, require_labels: bool = False, layout: s
                         place,
                     )
                 )
-    cases, case_problems = _build_cases(layout, found[layout], require_labels)
+    check_convention(convention, layout)
+    cases, case_problems = _build_cases(
+        layout, found[layout], require_labels, None if convention == layout else convention
+    )
     return Discovery(root, layout, cases, problems + case_problems)
 
 
@@ -390,7 +446,7 @@ def _read_msd_index(index: Path) -> tuple[dict[str, dict[str, Path]] | None, lis
 
 
 def _build_cases(
-    layout: str, found: dict[str, dict[Path, dict[str, list[Path]]]], require_labels: bool
+    layout: str, found: dict[str, dict[Path, dict[str, list[Path]]]], require_labels: bool, convention: str | None
 ) -> tuple[list[Case], list[Problem]]:
     cases, problems = [], []
     image_roles = ("image",) if layout == "msd" else MODALITIES
@@ -430,7 +486,7 @@ def _build_cases(
         problems += case_problems
         if not case_problems:
             label = roles["label"][0] if "label" in roles else None
-            cases.append(Case(case_id, layout, tuple(roles[role][0] for role in image_roles), label))
+            cases.append(Case(case_id, layout, tuple(roles[role][0] for role in image_roles), label, convention))
     return cases, problems
 
 
@@ -489,10 +545,10 @@ def _read_case(case: Case, *, inspect: bool, finite: bool) -> tuple[Volume | Non
     problems: list[Problem] = []
     usable = True
 
-    def fail(message: str, path: Path) -> None:
+    def fail(message: str, path: Path, label_values: tuple[int, ...] = ()) -> None:
         nonlocal usable
         usable = False
-        problems.append(Problem(message, case.case_id, path))
+        problems.append(Problem(message, case.case_id, path, label_values))
 
     multichannel = case.layout == "msd"
     reference = None  # (path, image) that the other files must match
@@ -555,7 +611,7 @@ def _content_problems(channel: np.ndarray, where: str) -> list[str]:
 
 
 def _read_label(
-    case: Case, reference: tuple[Path, nib.Nifti1Image] | None, fail: Callable[[str, Path], None]
+    case: Case, reference: tuple[Path, nib.Nifti1Image] | None, fail: Callable[..., None]
 ) -> np.ndarray | None:
     """The label of ``case`` as internal classes, or None after calling ``fail`` with what is wrong."""
     path = case.label
@@ -569,13 +625,20 @@ def _read_label(
     if mismatch:
         fail(mismatch, path)
         return None
+    convention = case.label_convention
     try:
-        return to_internal(data, case.layout, source=str(path))
+        return to_internal(data, convention, source=str(path))
     except ValueError:
-        bad, allowed = unexpected_values(data, case.layout), sorted(CONVENTIONS[case.layout])
+        bad, allowed = unexpected_values(data, convention), sorted(ALL_CONVENTIONS[convention])
+        hint = ""
+        other = next((c for c, layout in CONVENTION_LAYOUTS.items() if layout == case.layout), None)
+        if case.convention is None and other and set(bad) <= set(ALL_CONVENTIONS[other]):
+            # e.g. a 4 in a 2023-named case: BraTS 2024's resection cavity
+            hint = f"; {convention_hint(other, case.layout)}"
         fail(
-            f"label values {bad} are not part of the {case.layout} convention (values {allowed}); "
-            f"check the layout (--layout) or fix the label file",
+            f"label values {bad} are not part of the {convention} convention (values {allowed}); "
+            f"check the layout (--layout) or fix the label file{hint}",
             path,
+            tuple(bad),
         )
         return None

@@ -25,8 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m tumorseg.evaluate",
-        description="BraTS evaluation (Dice, HD95, sensitivity, specificity, volumes of WT, TC, ET, or "
-        "the BraTS 2023 lesion-wise Dice and HD95) of predicted label maps against references.",
+        description="BraTS evaluation (Dice, HD95, sensitivity, specificity, volumes of WT, TC, ET; with "
+        "--labels brats2024 of ET, NETC, SNFH, RC, TC, WT; or the BraTS 2023 lesion-wise Dice and HD95) of "
+        "predicted label maps against references.",
     )
     parser.add_argument("--pred", required=True, help="folder of <case_id>.nii.gz label maps, or one file")
     parser.add_argument("--ref", required=True, help="dataset root (BraTS 2020/2021/2023, MSD) or folder of label maps")
@@ -34,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--labels",
         choices=LABEL_CHOICES,
         default="auto",
-        help="label convention of the plain label files (default: auto, from the dataset or the values found)",
+        help="label convention of the plain label files (default: auto, from the dataset or the values found); "
+        "brats2024 for BraTS 2024 post-treatment labels, also of a dataset named like 2023's",
     )
     parser.add_argument(
         "--metrics",

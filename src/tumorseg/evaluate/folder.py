@@ -24,14 +24,14 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tumorseg.data.layouts import DatasetError, discover
+from tumorseg.data.layouts import CONVENTION_LAYOUTS, DatasetError, discover
 from tumorseg.evaluate.lesionwise import TASKS, lesionwise_case
 from tumorseg.evaluate.metrics import region_metrics
 from tumorseg.evaluate.reports import MODES, EvaluationResult, summarise, write_csv, write_json
 from tumorseg.io import NiftiError, read_label, spacing
-from tumorseg.labels import CONVENTIONS, REGIONS, to_internal, unexpected_values
+from tumorseg.labels import ALL_CONVENTIONS, convention_label_set, to_internal, unexpected_values
 
-LABEL_CHOICES = ("auto", *CONVENTIONS)
+LABEL_CHOICES = ("auto", *ALL_CONVENTIONS)
 
 _NIFTI_NAME = re.compile(r"(?P<case>[^.].*)\.nii(?:\.gz)?")
 # tumorseg.predict writes these next to the label maps; they are 4D maps, not predictions
@@ -55,10 +55,17 @@ def _label_values(data: np.ndarray) -> set[int]:
 def _to_internal(data: np.ndarray, convention: str, path: Path) -> np.ndarray:
     bad = unexpected_values(data, convention)
     if bad:
+        # e.g. BraTS 2024's resection cavity 4 in files read as BraTS 2023's
+        others = [
+            c
+            for c, layout in CONVENTION_LAYOUTS.items()
+            if layout == convention and set(bad) <= set(ALL_CONVENTIONS[c])
+        ]
+        hint = f" (--labels {others[0]}?)" if others else ""
         raise NiftiError(
             path,
             f"label values {bad} are not part of the {convention} convention "
-            f"(values {sorted(CONVENTIONS[convention])}); pass the right --labels, or fix the file",
+            f"(values {sorted(ALL_CONVENTIONS[convention])}); pass the right --labels{hint}, or fix the file",
         )
     return to_internal(data, convention, source=str(path))
 
@@ -106,13 +113,20 @@ def _evaluate_job(job: _Job) -> tuple[str, list[dict[str, Any]] | None, str | No
             internal[role] = _to_internal(data, getattr(job, f"{role}_labels"), getattr(job, role))
         except NiftiError as error:
             problems.append(str(error))
+    labels = convention_label_set(job.pred_labels)
+    if convention_label_set(job.ref_labels) is not labels:
+        problems.append(
+            f"the prediction is read as {job.pred_labels} ({labels.name} classes), the reference {job.ref} as "
+            f"{job.ref_labels} ({convention_label_set(job.ref_labels).name} classes); they cannot be compared"
+        )
     if problems:
         return job.case_id, None, "; ".join(problems)
+    regions = {region: labels.region_classes[region] for region in labels.regions}
     if job.mode == "lesionwise":
-        scores = lesionwise_case(internal["pred"], internal["ref"], spacing(pred_image), job.task)
-        return job.case_id, [{"case_id": job.case_id, "region": r, **scores[r].metrics()} for r in REGIONS], None
-    metrics = region_metrics(internal["pred"], internal["ref"], spacing(ref_image))
-    return job.case_id, [{"case_id": job.case_id, "region": region, **metrics[region]} for region in REGIONS], None
+        scores = lesionwise_case(internal["pred"], internal["ref"], spacing(pred_image), job.task, regions)
+        return job.case_id, [{"case_id": job.case_id, "region": r, **scores[r].metrics()} for r in regions], None
+    metrics = region_metrics(internal["pred"], internal["ref"], spacing(ref_image), regions)
+    return job.case_id, [{"case_id": job.case_id, "region": region, **metrics[region]} for region in regions], None
 
 
 def _values_job(job: _Job) -> tuple[str, set[int] | None, str | None]:
@@ -182,7 +196,7 @@ class _References:
     errors: dict[str, str]
 
 
-def _references(ref: Path) -> _References:
+def _references(ref: Path, labels: str = "auto") -> _References:
     if ref.is_file():
         return _References({_single_case_id(ref): ref}, {}, None, {}, {})
     if not ref.is_dir():
@@ -199,9 +213,11 @@ def _references(ref: Path) -> _References:
         for problem in discovery.problems:
             if problem.case_id:
                 notes.setdefault(problem.case_id, str(problem))
+        # --labels brats2024 on a dataset named like BraTS 2023: its label files are 2024's too
+        shared = CONVENTION_LAYOUTS.get(labels) == discovery.layout
         return _References(
             {case.case_id: case.label for case in labelled},
-            {case.case_id: case.layout for case in labelled},
+            {case.case_id: labels if shared else case.label_convention for case in labelled},
             discovery.layout,
             notes,
             {},
@@ -217,7 +233,7 @@ def _references(ref: Path) -> _References:
 
 def _choose_labels(values: set[int]) -> str:
     """The convention of plain label files holding ``values``: BraTS 2020's if a 4 is there, else 2023's."""
-    return "brats2020" if 4 in values and values <= set(CONVENTIONS["brats2020"]) else "brats2023"
+    return "brats2020" if 4 in values and values <= set(ALL_CONVENTIONS["brats2020"]) else "brats2023"
 
 
 # ----------------------------------------------------------------------------------------- the whole
@@ -246,7 +262,10 @@ def evaluate_folder(
         labels: Label convention of the plain label files: the prediction files and, for a plain
             reference folder, the reference files; one of ``LABEL_CHOICES``. ``"auto"``: the
             layout's convention when ``ref`` is a dataset, otherwise ``brats2020`` when the files
-            hold only 0, 1, 2, 4 and some 4, else ``brats2023``. Defaults to "auto".
+            hold only 0, 1, 2, 4 and some 4, else ``brats2023``. A convention that shares a
+            dataset's file names (``brats2024`` for a ``brats2023``-named one) is the references'
+            too. Its label set (``tumorseg.labels``) sets the regions scored: WT, TC, ET, or for
+            ``brats2024`` ET, NETC, SNFH, RC, TC, WT. Defaults to "auto".
         out: Path of the CSV; the JSON goes next to it with the suffix ``.json``. Defaults to
             None: ``metrics.csv`` in the ``pred`` folder (``<case_id>_metrics.csv`` next to a
             single ``pred`` file), ``metrics_lesionwise.csv`` (``<case_id>_metrics_lesionwise.csv``)
@@ -288,7 +307,7 @@ def evaluate_folder(
         default_out = pred / "metrics.csv"
     else:
         raise EvaluationError(f"the prediction {pred} does not exist.")
-    references = _references(ref)
+    references = _references(ref, labels)
     errors.update(references.errors)
     if pred.is_file():
         # one prediction file: evaluate that case only, and pair two single files whatever their names
@@ -345,17 +364,19 @@ def evaluate_folder(
             rows.extend(case_rows)
         else:
             errors[case_id] = error
-    order = {region: index for index, region in enumerate(REGIONS)}
+    label_set = convention_label_set(chosen)
+    order = {region: index for index, region in enumerate(label_set.regions)}
     rows.sort(key=lambda row: (row["case_id"], order[row["region"]]))
     result = EvaluationResult(
         rows=rows,
-        summary=summarise(rows, metrics),
+        summary=summarise(rows, metrics, label_set.regions),
         missing=dict(sorted(missing.items())),
         errors=dict(sorted(errors.items())),
         labels=chosen,
         labels_reason=reason,
         mode=metrics,
         task=task if metrics == "lesionwise" else "",
+        label_set=label_set.name,
     )
     if metrics == "lesionwise":  # beside the whole-volume metrics.csv, not over it
         default_out = default_out.with_name(f"{default_out.stem}_lesionwise.csv")

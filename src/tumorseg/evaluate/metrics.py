@@ -13,14 +13,14 @@ metrics (``tumorseg.training.metrics``) both compute it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 from tumorseg.arrays import bounding_box
-from tumorseg.labels import CLASSES, REGION_CLASSES, REGIONS
+from tumorseg.labels import REGION_CLASSES
 
 HD95_EMPTY = 373.13
 """HD95 in mm of a region present in exactly one of prediction and reference (BraTS convention)."""
@@ -142,7 +142,10 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], *, crop: b
 
 
 def region_metrics(
-    pred_label: np.ndarray, ref_label: np.ndarray, spacing: Sequence[float]
+    pred_label: np.ndarray,
+    ref_label: np.ndarray,
+    spacing: Sequence[float],
+    regions: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-region metrics of a predicted internal label map against the reference.
 
@@ -150,17 +153,23 @@ def region_metrics(
         pred_label: Predicted label map of internal classes 0-3 (see ``tumorseg.labels``).
         ref_label: Reference label map of the same shape.
         spacing: Voxel size in mm along each axis (from the reference header).
+        regions: Region -> its internal classes, in report order; the maps may hold the classes
+            0 to the largest of them. Defaults to ``REGION_CLASSES`` (WT, TC, ET of BraTS 2023);
+            ``LabelSet.region_classes`` of ``tumorseg.labels.BRATS2024`` scores BraTS 2024's six.
 
     Returns:
-        ``{region: {metric: value}}`` for the regions of ``REGIONS`` and the metrics of
+        ``{region: {metric: value}}`` for the regions of ``regions`` and the metrics of
         ``METRICS``: ``dice`` (1 when the region is empty in both, 0 when in exactly one),
         ``hd95`` in mm (see ``hd95``), ``sensitivity`` TP / (TP + FN) (NaN when the reference
         region is empty), ``specificity`` TN / (TN + FP) (NaN when the reference region fills the
         volume), ``pred_volume_cm3`` and ``ref_volume_cm3``.
 
     Raises:
-        ValueError: The shapes differ, the spacing does not fit, or a map holds values outside 0-3.
+        ValueError: The shapes differ, the spacing does not fit, or a map holds values outside 0-3
+            (outside the classes of ``regions``).
     """
+    regions = REGION_CLASSES if regions is None else regions
+    n_classes = max(cls for classes in regions.values() for cls in classes) + 1
     pred_label, ref_label = np.asarray(pred_label), np.asarray(ref_label)
     if pred_label.shape != ref_label.shape:
         raise ValueError(
@@ -168,10 +177,8 @@ def region_metrics(
         )
     spacing = _check_spacing(spacing, ref_label.ndim)
     for name, label in (("pred", pred_label), ("ref", ref_label)):
-        if label.size and (label.min() < 0 or label.max() >= len(CLASSES)):
-            raise ValueError(
-                f"{name} must hold internal classes 0..{len(CLASSES) - 1}, got {label.min()}..{label.max()}."
-            )
+        if label.size and (label.min() < 0 or label.max() >= n_classes):
+            raise ValueError(f"{name} must hold internal classes 0..{n_classes - 1}, got {label.min()}..{label.max()}.")
     voxel_mm3 = float(np.prod(spacing))
     n_voxels = ref_label.size
     # Every region lies inside the box of the tumour voxels of both maps; outside it only adds true
@@ -180,9 +187,9 @@ def region_metrics(
     box = bounding_box(tumour, 0) if tumour.any() else (slice(0, 0),) * tumour.ndim
     pred_label, ref_label = pred_label[box], ref_label[box]
     metrics = {}
-    for region in REGIONS:
-        lookup = np.zeros(len(CLASSES), dtype=bool)
-        lookup[list(REGION_CLASSES[region])] = True
+    for region, classes in regions.items():
+        lookup = np.zeros(n_classes, dtype=bool)
+        lookup[list(classes)] = True
         pred, ref = lookup[pred_label], lookup[ref_label]
         tp = int(np.count_nonzero(pred & ref))
         n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))

@@ -6,7 +6,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from rich.table import Table
 from tumorseg.evaluate.lesionwise import LESIONWISE_METRICS
 from tumorseg.evaluate.metrics import METRICS
 from tumorseg.io import atomic_write
-from tumorseg.labels import REGION_NAMES, REGIONS
+from tumorseg.labels import REGIONS, label_set
 
 COLUMNS = ("case_id", "region", *METRICS)
 LESIONWISE_COLUMNS = ("case_id", "region", *LESIONWISE_METRICS)
@@ -35,8 +35,8 @@ class EvaluationResult:
 
     Attributes:
         rows: One dict per evaluated case and region with the keys of ``COLUMNS`` (of
-            ``LESIONWISE_COLUMNS`` in the lesion-wise mode), sorted by case id then in ``REGIONS``
-            order; NaN where a metric is undefined.
+            ``LESIONWISE_COLUMNS`` in the lesion-wise mode), sorted by case id then in the order of
+            the label set's regions; NaN where a metric is undefined.
         summary: region -> metric -> ``{"mean", "median", "std"}`` over the cases, NaNs ignored
             (NaN when no case has a value); std is the population standard deviation. The lesion
             counts have ``{"total"}`` instead.
@@ -46,6 +46,7 @@ class EvaluationResult:
             label values outside the convention...).
         labels: The label convention the prediction files were read with.
         labels_reason: How that convention was chosen, for the user.
+        label_set: The label set of that convention (``tumorseg.labels``), whose regions are reported.
         csv_path: The CSV written, or None.
         json_path: The JSON written, or None.
         mode: The metrics, a key of ``MODES``.
@@ -58,6 +59,7 @@ class EvaluationResult:
     errors: dict[str, str] = field(default_factory=dict)
     labels: str = ""
     labels_reason: str = ""
+    label_set: str = "brats2023"
     csv_path: Path | None = None
     json_path: Path | None = None
     mode: str = "volume"
@@ -74,12 +76,15 @@ class EvaluationResult:
         return sorted({row["case_id"] for row in self.rows})
 
 
-def summarise(rows: Iterable[dict[str, Any]], mode: str = "volume") -> dict[str, dict[str, dict[str, float]]]:
+def summarise(
+    rows: Iterable[dict[str, Any]], mode: str = "volume", regions: Sequence[str] = REGIONS
+) -> dict[str, dict[str, dict[str, float]]]:
     """region -> metric -> ``{"mean", "median", "std"}`` over the rows, NaNs ignored (NaN when none
-    is left); ``{"total"}`` for the lesion counts. ``mode`` is a key of ``MODES``."""
+    is left); ``{"total"}`` for the lesion counts. ``mode`` is a key of ``MODES``; ``regions`` those
+    of the label set (default: WT, TC, ET)."""
     rows = list(rows)
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    for region in REGIONS:
+    for region in regions:
         summary[region] = {}
         for metric in MODES[mode]:
             if metric in _COUNTS:
@@ -144,10 +149,11 @@ def _lesionwise_table(result: EvaluationResult) -> Table:
     names = ("region", "lesion Dice mean", "median", "lesion HD95 mean (mm)", "median", "TP", "FP", "FN")
     for name in names:
         table.add_column(name, justify="left" if name == "region" else "right")
-    for region in REGIONS:
+    labels = label_set(result.label_set)
+    for region in labels.regions:
         stats = result.summary[region]
         table.add_row(
-            REGION_NAMES[region],
+            labels.region_names[region],
             *(
                 _format(metric, stats[metric][name])
                 for metric in ("lesion_dice", "lesion_hd95")
@@ -166,11 +172,12 @@ def print_result(result: EvaluationResult, console: Console) -> None:
         table = Table(title=f"BraTS metrics over {len(result.case_ids)} case(s), NaNs ignored")
         for name in ("region", "metric", "mean", "median", "std"):
             table.add_column(name, justify="left" if name in ("region", "metric") else "right")
-        for region in REGIONS:
+        labels = label_set(result.label_set)
+        for region in labels.regions:
             for index, metric in enumerate(METRICS):
                 stats = result.summary[region][metric]
                 table.add_row(
-                    REGION_NAMES[region] if index == 0 else "",
+                    labels.region_names[region] if index == 0 else "",
                     metric,
                     *(_format(metric, stats[name]) for name in ("mean", "median", "std")),
                     end_section=index == len(METRICS) - 1,

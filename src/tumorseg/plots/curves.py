@@ -9,10 +9,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from tumorseg.labels import REGION_NAMES, REGIONS
+from tumorseg.labels import BRATS2023, LabelSet, label_set
 from tumorseg.plots.figures import save_figure
 
-REGION_KEYS = {f"val/dice_{r}": f"val {REGION_NAMES[r]}" for r in REGIONS}
+
+def region_keys(labels: LabelSet | str = BRATS2023) -> dict[str, str]:
+    """The validation Dice of each region of the label set -> its legend, e.g. ``val/dice_wt`` -> ``val WT``."""
+    labels = label_set(labels)
+    return {f"val/dice_{r}": f"val {labels.region_names[r]}" for r in labels.regions}
+
+
+REGION_KEYS = region_keys(BRATS2023)
 
 
 def plot_loss_score(
@@ -22,6 +29,7 @@ def plot_loss_score(
     title: str | None = None,
     loss_key: str = "dice_loss",
     score_key: str = "dice_mean",
+    region_keys: Mapping[str, str] = REGION_KEYS,
 ) -> Path:
     """The paper's training figure: Dice loss (left) and Dice score (right) per epoch, train and val.
 
@@ -32,6 +40,8 @@ def plot_loss_score(
         loss_key: metric under ``train/`` and ``val/`` drawn on the left. Defaults to "dice_loss".
         score_key: metric under ``train/`` and ``val/`` drawn on the right. Defaults to "dice_mean".
             ``val/dice_wt``, ``val/dice_tc`` and ``val/dice_et`` are added as thin lines when present.
+        region_keys: metric -> legend of those thin lines. Defaults to ``REGION_KEYS`` (WT, TC, ET);
+            ``region_keys(label_set)`` gives another label set's.
 
     Each name is looked up as given, then with Lightning's ``_epoch`` suffix (what ``self.log``
     with ``on_step=True, on_epoch=True`` produces). Absent series are skipped.
@@ -60,7 +70,7 @@ def plot_loss_score(
                 epochs, values = series[key]
                 ax.plot(epochs, values, marker="o", markersize=4, linewidth=1.8, color=colour, label=label)
         if name == "Dice score":
-            for (key, label), colour in zip(REGION_KEYS.items(), ("C2", "C3", "C4")):
+            for (key, label), colour in zip(region_keys.items(), ("C2", "C3", "C4", "C5", "C6", "C7", "C8")):
                 region = _series(history, key)
                 if region:  # the region Dice of the evaluation regions, thin so the mean stays the focus
                     ax.plot(*region, "--", marker=".", markersize=3, linewidth=0.8, color=colour, label=label)

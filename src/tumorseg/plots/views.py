@@ -9,7 +9,7 @@ right on the viewer's left.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -33,6 +33,7 @@ def segmentation_panel(
     index: int | None = None,
     title: str | None = None,
     origin: str | None = None,
+    colours: Mapping[int, tuple[str, tuple[float, float, float]]] = CLASS_COLOURS,
 ) -> Figure:
     """One slice of a case: each modality, then the ground truth and the prediction over the first.
 
@@ -48,6 +49,8 @@ def segmentation_panel(
         origin: ``imshow`` origin, "upper" or "lower". Defaults to the view of BraTS's LPS voxel
             order (which the readers keep): "upper" for axial slices, anterior at the top, "lower"
             for coronal and sagittal ones, superior at the top.
+        colours: class -> (legend name, RGB) of the overlays: the label set's ``colours``
+            (``tumorseg.labels``). Defaults to ``CLASS_COLOURS`` (NCR, ED, ET).
 
     Slices are shown transposed, so the first remaining voxel axis runs left to right: with LPS
     voxels the patient's right is on the viewer's left (radiological view) in every figure.
@@ -91,10 +94,10 @@ def segmentation_panel(
         ax.set_title(MODALITY_TITLES.get(name, name))
     for ax, (name, volume) in zip(axes[len(scans) :], overlays):
         ax.imshow(scans[0], vmin=windows[0][0], vmax=windows[0][1], **show)
-        ax.imshow(overlay_rgba(np.take(volume, index, axis=axis).T), origin=origin, interpolation="nearest")
+        ax.imshow(overlay_rgba(np.take(volume, index, axis=axis).T, colours), origin=origin, interpolation="nearest")
         ax.set_title(f"{name} on {MODALITY_TITLES.get(names[0], names[0])}")
     axes[-1].legend(
-        handles=[Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in CLASS_COLOURS.values()],
+        handles=[Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in colours.values()],
         loc="lower right",
         fontsize=8,
         framealpha=0.8,
@@ -114,6 +117,7 @@ def orthogonal_views(
     modality: str = "FLAIR",
     title: str | None = None,
     centre: tuple[int, int, int] | None = None,
+    colours: Mapping[int, tuple[str, tuple[float, float, float]]] = CLASS_COLOURS,
 ) -> Figure:
     """Axial, coronal and sagittal slices of one scan through one voxel, with the segmentation over them.
 
@@ -129,6 +133,8 @@ def orthogonal_views(
         centre: (x, y, z) voxel the three planes go through. Defaults to the tumour's (``label > 0``)
             centre of mass, rounded to the nearest voxel, or to the volume centre (``shape // 2``)
             when there is no tumour, which the figure title then says ("no tumour segmented").
+        colours: class -> (legend name, RGB) of the overlay and legend. Defaults to
+            ``CLASS_COLOURS`` (NCR, ED, ET).
 
     The orientation is ``segmentation_panel``'s for BraTS's LPS voxel order: slices are transposed,
     the patient's right on the viewer's left; the axial panel has anterior at the top (origin
@@ -197,7 +203,7 @@ def orthogonal_views(
             aspect=sizes[rows] / sizes[cols],
         )
         ax.imshow(
-            overlay_rgba(np.take(label, index, axis=axis).T),
+            overlay_rgba(np.take(label, index, axis=axis).T, colours),
             origin=origin,
             interpolation="nearest",
             aspect=sizes[rows] / sizes[cols],
@@ -207,9 +213,9 @@ def orthogonal_views(
         ax.set_title(f"{plane} slice {index} of {shape[axis]}")
         ax.set_axis_off()
     fig.legend(
-        handles=[Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in CLASS_COLOURS.values()],
+        handles=[Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in colours.values()],
         loc="outside lower center",
-        ncols=len(CLASS_COLOURS),
+        ncols=len(colours),
         fontsize=9,
         frameon=False,
     )
@@ -240,8 +246,10 @@ def window(scan: np.ndarray) -> tuple[float, float]:
     return (low, high) if high > low else (low, low + 1.0)
 
 
-def overlay_rgba(classes: np.ndarray) -> np.ndarray:
+def overlay_rgba(
+    classes: np.ndarray, colours: Mapping[int, tuple[str, tuple[float, float, float]]] = CLASS_COLOURS
+) -> np.ndarray:
     rgba = np.zeros((*classes.shape, 4), dtype=np.float32)
-    for value, (_, colour) in CLASS_COLOURS.items():
+    for value, (_, colour) in colours.items():
         rgba[classes == value] = (*colour, OVERLAY_ALPHA)
     return rgba

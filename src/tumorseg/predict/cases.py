@@ -79,7 +79,7 @@ def find_cases(root: str | Path, layout: str | None = None) -> tuple[list[InputC
     cases = []
     for case in discovery.cases:
         files = {"image": case.images[0]} if case.layout == "msd" else dict(zip(MODALITIES, case.images))
-        cases.append(InputCase(case.case_id, files, case.layout, case.label, case.layout))
+        cases.append(InputCase(case.case_id, files, case.label_convention, case.label, case.layout))
     return cases, discovery.problems
 
 

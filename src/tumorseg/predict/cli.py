@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, OUTPUT_FULL, describe_os_error
 from tumorseg.data.layouts import CaseError, Problem, select_cases
-from tumorseg.labels import CONVENTIONS
+from tumorseg.labels import ALL_CONVENTIONS, BRATS2023, LabelSet
 from tumorseg.predict.cases import InputCase, PredictionError, explicit_case, find_cases
 from tumorseg.predict.predictor import CaseReader, Predictor, PreparedCase
 from tumorseg.predict.writers import write_label, write_png, write_probabilities, write_summary
@@ -64,6 +64,7 @@ class PredictSettings:
     workers: int = 2
     labels: str = "auto"
     progress: bool = True
+    label_set: LabelSet = BRATS2023  # the models'; ``labels`` must be one of its conventions
 
 
 @dataclass
@@ -151,7 +152,12 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def _convention(item: InputCase, settings: PredictSettings) -> str:
-    return item.convention if settings.labels == "auto" else settings.labels
+    """The convention a case is written in: ``labels``, or with ``auto`` the input's, where the models'
+    label set has it, else the label set's first (BraTS 2024's own for a brats2024 model)."""
+    if settings.labels != "auto":
+        return settings.labels
+    conventions = settings.label_set.conventions
+    return item.convention if item.convention in conventions else next(iter(conventions))
 
 
 def _segment(case: PreparedCase, predictor: Predictor, settings: PredictSettings, out_dir: Path) -> dict[str, float]:
@@ -232,8 +238,15 @@ def run(cfg) -> int:
     needed = predictor.modalities
 
     labels = cfg.labels
-    if labels != "auto" and labels not in CONVENTIONS:
-        raise PredictionError(f"labels={labels!r}: choose auto or one of {sorted(CONVENTIONS)}.")
+    if labels != "auto" and labels not in ALL_CONVENTIONS:
+        raise PredictionError(f"labels={labels!r}: choose auto or one of {sorted(ALL_CONVENTIONS)}.")
+    label_set = predictor.label_set
+    if labels != "auto" and labels not in label_set.conventions:
+        raise PredictionError(
+            f"labels={labels}: the model(s) predict the {label_set.name} label set "
+            f"({', '.join(label_set.class_names[c] for c in label_set.classes[1:])}), which is written as "
+            f"{' or '.join(label_set.conventions)} only; pass labels=auto or one of those."
+        )
     if cfg.input:
         root = Path(cfg.input).expanduser()
         if root.is_file():
@@ -249,14 +262,15 @@ def run(cfg) -> int:
     else:
         skipped = {}
         files = {m: cfg.files.get(m) for m in cfg.files}
-        items = [explicit_case(files, cfg.get("case_id"), "brats2020" if labels == "auto" else labels)]
+        written = next(iter(label_set.conventions))  # brats2020 for BraTS 2023 models
+        items = [explicit_case(files, cfg.get("case_id"), written if labels == "auto" else labels)]
         missing = [m for m in needed if m not in items[0].files]
         if missing:
             raise PredictionError(
                 f"The checkpoint(s) were trained on {needed}; {', '.join(f'files.{m}' for m in missing)} "
                 f"{'is' if len(missing) == 1 else 'are'} missing."
             )
-        if labels == "auto":
+        if labels == "auto" and written == "brats2020":
             log.info(
                 "Explicit files: labels written in the BraTS 2020/2021 convention (0/1/2/4); set labels= to change."
             )
@@ -264,7 +278,7 @@ def run(cfg) -> int:
     out_dir = Path(cfg.output_dir).expanduser()
     settings = PredictSettings(
         output_dir=out_dir, save_probabilities=cfg.save_probabilities, png=cfg.png, overwrite=cfg.overwrite,
-        workers=cfg.workers, labels=labels, progress=cfg.progress,
+        workers=cfg.workers, labels=labels, progress=cfg.progress, label_set=label_set,
     )  # fmt: skip
     started = time.perf_counter()
     report = predict(items, predictor, settings)
@@ -277,8 +291,10 @@ def run(cfg) -> int:
     if cfg.evaluate and with_refs and cfg.input and not report.stopped:
         from tumorseg.evaluate import evaluate_folder
 
+        # a BraTS 2024 model's outputs and references are in its own convention, which no file name tells
+        written = "auto" if label_set is BRATS2023 else next(iter(label_set.conventions))
         result = evaluate_folder(
-            out_dir, Path(cfg.input), labels="auto", out=out_dir / "metrics.csv", progress=cfg.progress,
+            out_dir, Path(cfg.input), labels=written, out=out_dir / "metrics.csv", progress=cfg.progress,
             cases=[i.case_id for i in items],
         )  # fmt: skip
         if result.missing or result.errors:

@@ -32,7 +32,7 @@ from tumorseg.data.cache import PreprocessConfig, preprocess, restore_geometry
 from tumorseg.data.layouts import Volume
 from tumorseg.inference.schemes import probabilities, to_labels
 from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
-from tumorseg.labels import CLASSES, MODALITIES, REGIONS, postprocess, region_probabilities
+from tumorseg.labels import BRATS2023, MODALITIES, LabelSet, postprocess, region_probabilities
 from tumorseg.predict.cases import InputCase, PredictionError, read_case
 from tumorseg.training.module import TEST_TIME_DEFAULTS, SegmentationModule
 
@@ -120,11 +120,12 @@ class Prediction:
     """A case segmented on its source grid."""
 
     case: PreparedCase
-    label: np.ndarray  # internal classes (0 background, 1 NCR, 2 ED, 3 ET), uint8
+    label: np.ndarray  # internal classes of label_set (0 background, 1 NCR, 2 ED, 3 ET), uint8
     probabilities: torch.Tensor  # (channel, x, y, z), averaged over the models
     channels: tuple[str, ...]  # WT/TC/ET, or background/NCR/ED/ET
     relabelled: bool  # small enhancing tumour relabelled as necrosis
     infer_s: float
+    label_set: LabelSet = BRATS2023  # the classes of ``label`` (BraTS 2024: NETC, SNFH, ET, RC)
 
 
 class Predictor:
@@ -149,7 +150,8 @@ class Predictor:
 
     Raises:
         PredictionError: no model, a model with unknown input modalities, ensemble members whose
-            ``et_min_voxels`` differ without an override, or a bad override.
+            ``et_min_voxels`` differ without an override or that learned different label sets, or a
+            bad override.
     """
 
     def __init__(
@@ -195,6 +197,12 @@ class Predictor:
         if isinstance(et_min_voxels, bool) or not isinstance(et_min_voxels, int) or et_min_voxels < 0:
             raise PredictionError(f"et_min_voxels must be 0 or more voxels, got {et_min_voxels!r}.")
         self.et_min_voxels = et_min_voxels
+        label_sets = {model.label_set.name: model.label_set for model in self.models}
+        if len(label_sets) > 1:
+            raise PredictionError(
+                f"The models learned different label sets ({', '.join(sorted(label_sets))}); ensemble models of one."
+            )
+        self.label_set: LabelSet = next(iter(label_sets.values()))
         schemes = {model.scheme for model in self.models}
         self.scheme = schemes.pop() if len(schemes) == 1 else "regions"
         self.groups = group_models(self.models)
@@ -237,7 +245,6 @@ class Predictor:
         """The modalities the models need, in ``MODALITIES`` order."""
         return self.reader.needed
 
-
     def describe(self) -> list[str]:
         """One line per model: the settings it runs with."""
         return [
@@ -263,7 +270,7 @@ class Predictor:
                 logits = sliding_window_logits(model, image, configs[id(model)])
                 probs = probabilities(logits, model.scheme)[0]
                 if self.scheme == "regions":
-                    probs = region_probabilities(probs, model.scheme)
+                    probs = region_probabilities(probs, model.scheme, self.label_set)
                 full = torch.from_numpy(restore_geometry(probs.cpu().numpy(), meta, label=False))
                 if self.scheme == "softmax4":  # outside the crop is background
                     inside = torch.from_numpy(
@@ -275,7 +282,7 @@ class Predictor:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         probs = total / count
-        label = to_labels(probs.unsqueeze(0), self.scheme)[0].numpy()
+        label = to_labels(probs.unsqueeze(0), self.scheme, labels=self.label_set)[0].numpy()
         label, relabelled = postprocess(label, self.et_min_voxels)
         if relabelled:
             log.info(
@@ -283,5 +290,5 @@ class Predictor:
                 case.item.case_id,
                 self.et_min_voxels,
             )
-        channels = REGIONS if self.scheme == "regions" else CLASSES
-        return Prediction(case, label, probs, tuple(channels), relabelled, time.perf_counter() - start)
+        channels = self.label_set.channels if self.scheme == "regions" else self.label_set.classes
+        return Prediction(case, label, probs, tuple(channels), relabelled, time.perf_counter() - start, self.label_set)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tumorseg.io import atomic_write, read_nifti, spacing, write_atomic, write_nifti
-from tumorseg.labels import REGIONS, from_internal, to_internal, volumes_cm3
+from tumorseg.labels import BRATS2023, convention_label_set, from_internal, to_internal, volumes_cm3
 from tumorseg.predict.predictor import Prediction
 
 PROBABILITIES = "probabilities"
@@ -40,14 +40,19 @@ def write_png(prediction: Prediction, path: Path) -> Path:
 
     case = prediction.case
     fig = orthogonal_views(
-        case.display, prediction.label, spacing=case.spacing, modality=case.display_name, title=case.item.case_id
-    )
+        case.display, prediction.label, spacing=case.spacing, modality=case.display_name, title=case.item.case_id,
+        colours=prediction.label_set.colours,
+    )  # fmt: skip
     return save_figure(fig, path)
 
 
 def write_summary(out_dir: Path, conventions: dict[str, str]) -> Path:
-    """``summary.csv``: WT/TC/ET volumes in cm^3 of the segmentations in ``out_dir`` of these cases
-    (case id -> the label convention they were written in)."""
+    """``summary.csv``: WT/TC/ET volumes in cm^3 (the regions of the conventions' label set) of the
+    segmentations in ``out_dir`` of these cases (case id -> the label convention they were written in)."""
+    sets = {convention_label_set(c).name: convention_label_set(c) for c in conventions.values()}
+    if len(sets) > 1:
+        raise ValueError(f"summary.csv: the segmentations are written in conventions of label sets {sorted(sets)}.")
+    labels = sets.popitem()[1] if sets else BRATS2023
     rows = []
     for case_id, convention in conventions.items():
         path = out_dir / f"{case_id}.nii.gz"
@@ -55,10 +60,10 @@ def write_summary(out_dir: Path, conventions: dict[str, str]) -> Path:
             continue
         image, data = read_nifti(path)
         internal = to_internal(np.asarray(data), convention, source=str(path))
-        rows.append({"case_id": case_id, **volumes_cm3(internal, spacing(image))})
+        rows.append({"case_id": case_id, **volumes_cm3(internal, spacing(image), convention_label_set(convention))})
     path = out_dir / "summary.csv"
     with atomic_write(path) as f:
-        writer = csv.DictWriter(f, fieldnames=["case_id", *(f"{r}_cm3" for r in REGIONS)])
+        writer = csv.DictWriter(f, fieldnames=["case_id", *(f"{r}_cm3" for r in labels.regions)])
         writer.writeheader()
         writer.writerows(rows)
     return path

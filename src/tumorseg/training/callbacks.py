@@ -24,7 +24,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from tumorseg.io import atomic_write, write_atomic
-from tumorseg.labels import REGIONS
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +172,9 @@ class LossScorePlot(Callback):
     def __init__(self, filename: str = "loss_score.png"):
         self.filename = filename
 
-    def draw(self, trainer: pl.Trainer) -> Path | None:
+    def draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule | None = None) -> Path | None:
         from tumorseg.plots import epoch_history, plot_loss_score
+        from tumorseg.plots.curves import region_keys
 
         for logger in trainer.loggers:
             logger.save()
@@ -184,7 +184,11 @@ class LossScorePlot(Callback):
             log.warning("No CSV logger: %s is not drawn.", self.filename)
             return None
         try:
-            path = plot_loss_score(epoch_history(files), Path(trainer.default_root_dir) / self.filename)
+            path = plot_loss_score(
+                epoch_history(files),
+                Path(trainer.default_root_dir) / self.filename,
+                region_keys=region_keys(getattr(pl_module, "label_set", "brats2023")),
+            )
         except (FileNotFoundError, ValueError) as err:
             log.warning("%s not drawn: %s", self.filename, err)
             return None
@@ -193,11 +197,11 @@ class LossScorePlot(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.draw(trainer)
+            self.draw(trainer, pl_module)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if trainer.is_global_zero:
-            self.draw(trainer)
+            self.draw(trainer, pl_module)
 
 
 class WandbSegmentationPanel(Callback):
@@ -220,6 +224,7 @@ class WandbSegmentationPanel(Callback):
             sample["label"],
             modalities=tuple(pl_module.hparams.modalities),
             title=f"{sample['case_id']}, epoch {trainer.current_epoch}",
+            colours=pl_module.label_set.colours,
         )
         for logger in self.loggers:
             logger.log_image(key="val/panel", images=[figure_to_array(fig)], caption=[sample["case_id"]])
@@ -228,7 +233,7 @@ class WandbSegmentationPanel(Callback):
 
 class ValidationCases(Callback):
     """Appends, after each validation, the Dice of every validation case to ``val_cases.csv`` in the
-    run directory: epoch, case, the rank that validated it and its WT, TC and ET Dice (the scores
+    run directory: epoch, case, the rank that validated it and its Dice per region (WT, TC, ET) (the scores
     whose mean is ``val/dice_*``). Which cases pull the mean down, and, under DDP, that every case
     was validated once: the ranks' rows are gathered to rank zero, which alone writes."""
 
@@ -244,7 +249,7 @@ class ValidationCases(Callback):
             return
         for case_id, dice in zip(batch["case_id"], outputs["dice"].tolist()):
             row = {"epoch": trainer.current_epoch, "case_id": case_id, "rank": trainer.global_rank}
-            self.rows.append({**row, **{f"dice_{region}": value for region, value in zip(REGIONS, dice)}})
+            self.rows.append({**row, **{f"dice_{r}": value for r, value in zip(outputs["regions"], dice)}})
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -12,6 +12,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from tumorseg.inference.schemes import check_scheme, out_channels, targets
+from tumorseg.labels import BRATS2023, LabelSet, label_set
 
 LOSSES = ("dice", "dice_ce", "dice_bce")
 # the losses each scheme accepts: a CE term must match the output activation
@@ -37,6 +38,8 @@ class SegmentationLoss(nn.Module):
             Defaults to False.
         smooth: added to the Dice numerator and denominator, so that empty channels give a
             finite loss. Defaults to 1e-5.
+        labels: the label set (``tumorseg.labels``), which sets the channels of each scheme.
+            Defaults to BraTS 2023.
 
     Raises:
         ValueError: on an unknown scheme or loss name, a loss that does not fit the scheme, or a
@@ -53,6 +56,7 @@ class SegmentationLoss(nn.Module):
         include_background: bool = True,
         batch_dice: bool = False,
         smooth: float = 1e-5,
+        labels: LabelSet | str = BRATS2023,
     ):
         super().__init__()
         self.scheme = check_scheme(scheme)
@@ -69,7 +73,8 @@ class SegmentationLoss(nn.Module):
         self.name = name
         self.dice_weight = float(dice_weight)
         self.ce_weight = float(ce_weight)
-        self.channels = out_channels(scheme)
+        self.labels = label_set(labels)
+        self.channels = out_channels(scheme, self.labels)
         if scheme == "regions":
             self.dice = DiceLoss(sigmoid=True, batch=batch_dice, smooth_nr=smooth, smooth_dr=smooth)
             # not monai's DiceCELoss: with several channels it applies softmax cross-entropy,
@@ -91,7 +96,8 @@ class SegmentationLoss(nn.Module):
 
         Args:
             logits: raw network output (B, C, *S); any float dtype, the loss is computed in float32.
-            label: internal label map (B, *S) of integers 0-3 (0 background, 1 NCR, 2 ED, 3 ET).
+            label: internal label map (B, *S) of integers 0-3 (0 background, 1 NCR, 2 ED, 3 ET; 0-4 for
+                BraTS 2024).
 
         Returns:
             ``{"loss": total, "dice": Dice term}``, plus ``"ce"`` (the unweighted (binary)
@@ -116,7 +122,7 @@ class SegmentationLoss(nn.Module):
         # loss runs in float32 even inside an autocast region
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.float()
-            target = targets(label, self.scheme)
+            target = targets(label, self.scheme, self.labels)
             dice = self.dice(logits, target)
             out = {"dice": dice}
             total = self.dice_weight * dice

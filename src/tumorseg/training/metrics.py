@@ -1,4 +1,4 @@
-"""Hard Dice of the BraTS regions WT, TC and ET on internal label maps, during training.
+"""Hard Dice of the BraTS regions (WT, TC and ET; those of the label set) on internal label maps, during training.
 
 The Dice is ``tumorseg.evaluate.metrics.dice_from_counts``, the one the evaluation computes, so
 ``dice_per_case`` follows the BraTS evaluation convention for empty masks: a region absent from
@@ -16,7 +16,7 @@ import torch
 from torchmetrics import Metric
 
 from tumorseg.evaluate.metrics import dice_from_counts
-from tumorseg.labels import CLASSES, REGIONS, TUMOUR_CLASSES, to_classes, to_regions
+from tumorseg.labels import BRATS2023, LabelSet, label_set, to_classes, to_regions
 
 
 def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -29,18 +29,27 @@ def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"expected label maps of shape (B, *S), got shape {tuple(pred.shape)}.")
 
 
-# kind -> (names of the masks, label map (B, *S) -> boolean masks (B, 3, *S))
-MASKS = {
-    "regions": (REGIONS, partial(to_regions, axis=1)),
-    "classes": (tuple(CLASSES[cls] for cls in TUMOUR_CLASSES), partial(to_classes, axis=1)),
-}
+def masks_of(labels: LabelSet | str = BRATS2023) -> dict:
+    """kind -> (names of the masks, label map (B, *S) -> boolean masks (B, R, *S)): the label set's
+    regions, or its tumour classes."""
+    labels = label_set(labels)
+    return {
+        "regions": (labels.regions, partial(to_regions, axis=1, label_set=labels)),
+        "classes": (
+            tuple(labels.classes[c] for c in labels.tumour_classes),
+            partial(to_classes, axis=1, label_set=labels),
+        ),
+    }
+
+
+MASKS = masks_of(BRATS2023)
 
 
 def _region_counts(
-    pred: torch.Tensor, target: torch.Tensor, kind: str = "regions"
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "regions", labels: LabelSet | str = BRATS2023
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per case and region (or class) voxel counts (B, 3), int64: intersection, prediction, reference."""
-    masks = MASKS[kind][1]
+    """Per case and region (or class) voxel counts (B, R), int64: intersection, prediction, reference."""
+    masks = masks_of(labels)[kind][1]
     p = masks(pred).flatten(2)
     t = masks(target).flatten(2)
     return (p & t).sum(-1), p.sum(-1), t.sum(-1)
@@ -51,23 +60,27 @@ def _dice(intersection: torch.Tensor, pred_sum: torch.Tensor, target_sum: torch.
     return dice_from_counts(intersection.double(), pred_sum.double(), target_sum.double())
 
 
-def dice_per_case(pred: torch.Tensor, target: torch.Tensor, kind: str = "regions") -> torch.Tensor:
+def dice_per_case(
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "regions", labels: LabelSet | str = BRATS2023
+) -> torch.Tensor:
     """Hard Dice per case and region, with the BraTS rules for empty masks.
 
     Args:
         pred: predicted internal label map (B, *S) of integers 0-3.
         target: reference internal label map of the same shape.
         kind: ``"regions"`` (WT, TC, ET) or ``"classes"`` (NCR, ED, ET). Defaults to ``"regions"``.
+        labels: the label set, whose regions or tumour classes are scored. Defaults to BraTS 2023.
 
     Returns:
-        float64 tensor (B, 3) on the inputs' device, columns in ``REGIONS`` order (WT, TC, ET) or NCR, ED, ET:
-        1.0 where the region is empty in both, 0.0 where it is empty in exactly one.
+        float64 tensor (B, R) on the inputs' device, columns in ``REGIONS`` order (WT, TC, ET) or NCR, ED, ET
+        (the label set's regions or tumour classes): 1.0 where the region is empty in both, 0.0 where it is
+        empty in exactly one.
 
     Raises:
         ValueError: when the shapes differ or the maps have no batch dimension.
     """
     _check_pair(pred, target)
-    return _dice(*_region_counts(pred, target, kind))
+    return _dice(*_region_counts(pred, target, kind, labels))
 
 
 class RegionDice(Metric):
@@ -80,22 +93,24 @@ class RegionDice(Metric):
             a region empty everywhere then scores 1.0. Defaults to True.
         kind: ``"regions"`` (WT, TC, ET) or ``"classes"`` (NCR, ED, ET: the paper's softmax
             classes). Defaults to ``"regions"``.
+        labels: the label set (``tumorseg.labels``): its regions or tumour classes are scored, e.g.
+            ET, NETC, SNFH, RC, TC, WT for BraTS 2024. Defaults to BraTS 2023.
         **kwargs: passed on to ``torchmetrics.Metric`` (e.g. ``sync_on_compute``).
 
     ``compute()`` returns float32 tensors ``{"wt", "tc", "et", "mean"}`` (or ``{"ncr", "ed", "et",
-    "mean"}``), ``mean`` being the average of the three.
+    "mean"}``), ``mean`` being the average of the three (of all the label set's regions or classes).
     """
 
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, per_case: bool = True, kind: str = "regions", **kwargs: Any):
+    def __init__(self, per_case: bool = True, kind: str = "regions", labels: LabelSet | str = BRATS2023, **kwargs: Any):
         super().__init__(**kwargs)
         if kind not in MASKS:
             raise ValueError(f"`kind` must be one of {sorted(MASKS)}, got {kind!r}.")
-        self.per_case, self.kind = per_case, kind
-        n = len(REGIONS)
+        self.per_case, self.kind, self.labels = per_case, kind, label_set(labels)
+        n = len(masks_of(self.labels)[kind][0])
         if per_case:
             self.add_state("dice_sum", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("cases", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -108,10 +123,10 @@ class RegionDice(Metric):
         """Add a batch of predicted and reference internal label maps, both (B, *S)."""
         _check_pair(pred, target)
         if self.per_case:
-            self.dice_sum += dice_per_case(pred, target, self.kind).sum(0)
+            self.dice_sum += dice_per_case(pred, target, self.kind, self.labels).sum(0)
             self.cases += pred.shape[0]
         else:
-            intersection, pred_sum, target_sum = _region_counts(pred, target, self.kind)
+            intersection, pred_sum, target_sum = _region_counts(pred, target, self.kind, self.labels)
             self.intersection += intersection.sum(0)
             self.pred_sum += pred_sum.sum(0)
             self.target_sum += target_sum.sum(0)
@@ -123,8 +138,8 @@ class RegionDice(Metric):
         else:
             dice = _dice(self.intersection, self.pred_sum, self.target_sum)
         dice = dice.float()
-        names = MASKS[self.kind][0]
+        names = masks_of(self.labels)[self.kind][0]
         return {**{name: dice[i] for i, name in enumerate(names)}, "mean": dice.mean()}
 
 
-__all__ = ["MASKS", "RegionDice", "dice_per_case"]
+__all__ = ["MASKS", "RegionDice", "dice_per_case", "masks_of"]

@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric
 
 from tumorseg.inference.schemes import check_scheme, out_channels, probabilities, to_labels
 from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
-from tumorseg.labels import MODALITIES, REGIONS
+from tumorseg.labels import BRATS2023, MODALITIES, label_set
 from tumorseg.models import build_model
 from tumorseg.training.losses import SegmentationLoss
 from tumorseg.training.metrics import RegionDice, dice_per_case
@@ -38,6 +38,9 @@ SCHEDULES = ("none", "poly", "cosine")
 # test-time settings of ``inference`` besides the sliding window's; absent from checkpoints written
 # before they had their own config group
 TEST_TIME_DEFAULTS = {"mirror": False, "val_mirror": False, "et_min_voxels": 0}
+
+
+_label_set = label_set  # the constructor's argument of that name hides the function
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,6 +85,9 @@ class SegmentationModule(pl.LightningModule):
             from ``modalities`` and ``labels``.
         labels: label scheme, ``"regions"`` (sigmoid WT/TC/ET) or ``"softmax4"`` (background, NCR,
             ED, ET). Defaults to ``"regions"``.
+        label_set: the classes and regions learned (``tumorseg.labels``): ``"brats2023"`` or
+            ``"brats2024"`` (post-treatment: 4 sigmoid channels WT/TC/ET/RC, or 5 softmax classes).
+            Checkpoints written before it existed load as ``"brats2023"``. Defaults to ``"brats2023"``.
         modalities: input channels, in order. Defaults to FLAIR, T1, T1ce, T2.
         loss: ``SegmentationLoss`` arguments (``name``, ``dice_weight``, ``ce_weight``, ...).
             Defaults to Dice + BCE for regions, Dice + CE for softmax4.
@@ -106,6 +112,7 @@ class SegmentationModule(pl.LightningModule):
         network: dict,
         *,
         labels: str = "regions",
+        label_set: str = BRATS2023.name,
         modalities: Sequence[str] = MODALITIES,
         loss: dict | None = None,
         aux_weight: float = 0.4,
@@ -119,6 +126,7 @@ class SegmentationModule(pl.LightningModule):
     ):
         super().__init__()
         check_scheme(labels)
+        self.label_set = _label_set(label_set)
         modalities = list(modalities)
         if not modalities or len(set(modalities)) != len(modalities):
             raise ValueError(f"`modalities` must be distinct names, got {modalities!r}.")
@@ -132,6 +140,7 @@ class SegmentationModule(pl.LightningModule):
             {
                 "network": network,
                 "labels": labels,
+                "label_set": self.label_set.name,
                 "modalities": modalities,
                 "loss": loss,
                 "aux_weight": float(aux_weight),
@@ -146,9 +155,11 @@ class SegmentationModule(pl.LightningModule):
         )
         net_args = dict(network)
         name, preset = net_args.pop("name"), net_args.pop("preset", "light")
-        self.net = build_model(name, preset, in_channels=len(modalities), out_channels=out_channels(labels), **net_args)
+        self.net = build_model(
+            name, preset, in_channels=len(modalities), out_channels=out_channels(labels, self.label_set), **net_args
+        )
         self.scheme = labels
-        self.loss_fn = SegmentationLoss(labels, **loss)
+        self.loss_fn = SegmentationLoss(labels, **loss, labels=self.label_set)
         et_min_voxels = self.hparams.inference["et_min_voxels"]
         if isinstance(et_min_voxels, bool) or not isinstance(et_min_voxels, int) or et_min_voxels < 0:
             raise ValueError(f"`inference.et_min_voxels` must be 0 or more voxels, got {et_min_voxels!r}.")
@@ -160,9 +171,10 @@ class SegmentationModule(pl.LightningModule):
 
         self.train_loss, self.train_dice_loss = MeanMetric(), MeanMetric()
         self.val_loss, self.val_dice_loss = MeanMetric(), MeanMetric()
-        self.train_dice = RegionDice(per_case=False)
-        self.val_dice = RegionDice(per_case=True)
-        self.val_class_dice = RegionDice(per_case=True, kind="classes")  # NCR, ED: the paper's classes
+        self.train_dice = RegionDice(per_case=False, labels=self.label_set)
+        self.val_dice = RegionDice(per_case=True, labels=self.label_set)
+        # NCR, ED: the paper's classes (the classes that are regions of their own are logged once)
+        self.val_class_dice = RegionDice(per_case=True, kind="classes", labels=self.label_set)
         self.nonfinite = {"total": 0, "streak": 0, "epoch": 0}
         self.keep_val_sample = False  # set by callbacks that draw a validation case
         self.val_sample: dict | None = None
@@ -183,6 +195,9 @@ class SegmentationModule(pl.LightningModule):
     def predict_logits(self, image: torch.Tensor, config: InferenceConfig | None = None, **kwargs) -> torch.Tensor:
         """Sliding-window logits over whole cases (B, M, X, Y, Z), as validation computes them."""
         return sliding_window_logits(self, image, config or self.inference_config, **kwargs)
+
+    def _to_labels(self, probs: torch.Tensor) -> torch.Tensor:
+        return to_labels(probs, self.scheme, labels=self.label_set)
 
     # -- training
 
@@ -231,7 +246,7 @@ class SegmentationModule(pl.LightningModule):
         self.train_loss.update(loss.detach())
         self.train_dice_loss.update(parts["dice"].detach())
         with torch.no_grad():
-            self.train_dice.update(to_labels(probabilities(out.detach(), self.scheme), self.scheme), label)
+            self.train_dice.update(self._to_labels(probabilities(out.detach(), self.scheme)), label)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=image.shape[0])
         return loss
 
@@ -249,12 +264,12 @@ class SegmentationModule(pl.LightningModule):
     # -- validation
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
-        """Scores whole cases; returns their ids and their Dice (B, 3: WT, TC, ET) for callbacks
-        (``ValidationCases``)."""
+        """Scores whole cases; returns their ids, the label set's regions and their Dice (B, regions)
+        for callbacks (``ValidationCases``)."""
         image, label = batch["image"], batch["label"]
         logits = self.predict_logits(image)
         parts = self.loss_fn(logits, label)
-        pred = to_labels(probabilities(logits, self.scheme), self.scheme)
+        pred = self._to_labels(probabilities(logits, self.scheme))
         self.val_loss.update(parts["loss"])
         self.val_dice_loss.update(parts["dice"])
         self.val_dice.update(pred, label)
@@ -266,13 +281,19 @@ class SegmentationModule(pl.LightningModule):
                 "label": label[0].cpu().numpy(),
                 "pred": pred[0].cpu().numpy(),
             }
-        return {"case_id": list(batch["case_id"]), "dice": dice_per_case(pred, label)}
+        return {
+            "case_id": list(batch["case_id"]),
+            "regions": self.label_set.regions,
+            "dice": dice_per_case(pred, label, labels=self.label_set),
+        }
 
     def on_validation_epoch_end(self) -> None:
         dice = self.val_dice.compute()
         values = {f"val/dice_{k}": v for k, v in dice.items()}
         classes = self.val_class_dice.compute()
-        values["val/dice_ncr"], values["val/dice_ed"] = classes["ncr"], classes["ed"]
+        for name in self.label_set.classes[1:]:
+            if name not in self.label_set.regions:
+                values[f"val/dice_{name}"] = classes[name]
         values["val/dice_classes_mean"] = classes["mean"]
         values["val/loss"] = self.val_loss.compute()
         values["val/dice_loss"] = self.val_dice_loss.compute()
@@ -313,7 +334,7 @@ class SegmentationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite"] = {k: int(v) for k, v in self.nonfinite.items()}
-        checkpoint["regions"] = list(REGIONS)
+        checkpoint["regions"] = list(self.label_set.regions)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.update(checkpoint.get("nonfinite", {}))

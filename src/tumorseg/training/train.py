@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tumorseg.cli import EXIT_INCOMPLETE, in_multirun
-from tumorseg.labels import MODALITIES, REGION_NAMES, REGIONS
+from tumorseg.labels import MODALITIES, label_set
 from tumorseg.sizes import AUTO, auto_counts, auto_patch_edge, format_size, size3
 from tumorseg.training.callbacks import AtomicCheckpointIO
 from tumorseg.training.module import NonFiniteLossError, SegmentationModule
@@ -209,7 +209,12 @@ def resolve_auto_sizes(cfg: DictConfig) -> None:
         args = OmegaConf.to_container(cfg.model.network, resolve=True)
         name, preset = args.pop("name"), args.pop("preset", "light")
         with torch.device("meta"):  # sizes only: no memory, no initialisation cost, whatever the preset
-            net = build_model(name, preset, out_channels=out_channels(cfg.model.labels), **args)
+            net = build_model(
+                name,
+                preset,
+                out_channels=out_channels(cfg.model.labels, cfg.model.get("label_set", "brats2023")),
+                **args,
+            )
         cfg.data.patch_size = auto_patch_edge(net.min_input_size)
     samples, batch = str(cfg.data.get("samples_per_volume")), str(cfg.data.get("batch_size"))
     if AUTO not in (samples, batch):
@@ -243,6 +248,12 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, SegmentationModule]:
         _convert_="all",
     )
     check_sizes(model, datamodule)
+    data_labels = getattr(datamodule, "label_set", model.label_set)
+    if data_labels.name != model.label_set.name:
+        raise ValueError(
+            f"model.label_set={model.label_set.name} but data.label_set={data_labels.name}; set both with "
+            f"labels={model.label_set.name} (the top-level option)."
+        )
     return datamodule, model
 
 
@@ -310,8 +321,11 @@ def report(cfg: DictConfig, trainer: pl.Trainer, metrics: dict[str, float], best
     monitor = cfg.monitor.metric
     lines = [f"Run directory: {run_dir}"]
     if monitor in metrics:
+        labels = label_set(cfg.model.get("label_set", "brats2023"))
         regions = "  ".join(
-            f"{REGION_NAMES[r]} {metrics[f'val/dice_{r}']:.3f}" for r in REGIONS if f"val/dice_{r}" in metrics
+            f"{labels.region_names[r]} {metrics[f'val/dice_{r}']:.3f}"
+            for r in labels.regions
+            if f"val/dice_{r}" in metrics
         )
         lines.append(f"Final {monitor}: {metrics[monitor]:.4f}  ({regions})")
     if f"best/{monitor}" in metrics:
