@@ -275,3 +275,31 @@ def test_train_predict_evaluate_brats2024(tmp_path):
     assert sorted(result["summary"]) == sorted(L.BRATS2024.regions)
     with pytest.raises(PredictionError, match="written as brats2024 only"):
         predict_run(wrong)
+
+
+def test_lesionwise_brats2024_scores_the_six_regions(tmp_path):
+    # one 4x4x4 block per class on a 1 mm grid, 8 voxels apart; the prediction misses the cavity and
+    # paints a second, far cavity: RC then has one missed lesion and one FP, the tumour regions are exact
+    ref = np.zeros((40, 8, 8), dtype=np.uint8)
+    for cls, start in ((1, 0), (2, 8), (3, 16), (4, 24)):
+        ref[start : start + 4, 2:6, 2:6] = cls
+    ref[4:8, 2:6, 2:6] = 1  # NETC touching SNFH: one WT lesion; NETC is 128 mm3, above the 50 mm3 threshold
+    pred = ref.copy()
+    pred[24:28] = 0
+    pred[34:38, 2:6, 2:6] = 4
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    write_nifti(pred_dir / "case1.nii.gz", pred, np.eye(4))
+    write_nifti(ref_dir / "case1.nii.gz", ref, np.eye(4))
+    args = ["--pred", str(pred_dir), "--ref", str(ref_dir), "--labels", "brats2024", "--workers", "1"]
+    assert evaluate_main([*args, "--metrics", "lesionwise"]) == 0
+    with open(pred_dir / "metrics_lesionwise.csv") as f:
+        rows = {row["region"]: row for row in csv.DictReader(f)}
+    assert list(rows) == ["et", "netc", "snfh", "rc", "tc", "wt"]
+    for region in ("et", "netc", "snfh", "tc", "wt"):
+        assert (float(rows[region]["lesion_dice"]), float(rows[region]["lesion_hd95"])) == (1.0, 0.0), region
+        # TC is NETC and ET, 8 voxels apart: beyond two 3-voxel dilations, so two lesions
+        tp = "2" if region == "tc" else "1"
+        assert (rows[region]["num_tp"], rows[region]["num_fp"], rows[region]["num_fn"]) == (tp, "0", "0"), region
+    # RC: (Dice 0 of the missed lesion + 0 for the FP) / 2, (374 + 374) / 2
+    assert (float(rows["rc"]["lesion_dice"]), float(rows["rc"]["lesion_hd95"])) == (0.0, 374.0)
+    assert (rows["rc"]["num_tp"], rows["rc"]["num_fp"], rows["rc"]["num_fn"]) == ("0", "1", "1")
