@@ -185,3 +185,10 @@ def test_infer_rejects_bad_windows(benchmark_module, args, message):
     with pytest.raises(SystemExit) as exit_info:
         benchmark_module.main([*base, *args.split()])  # fails before any measurement starts
     assert message in str(exit_info.value.code)
+
+
+def test_export_rejects_a_missing_case(benchmark_module, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:  # before any checkpoint is made or exported
+        benchmark_module.main(["export", "--case", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
+    assert "absent: no such case folder" in str(exit_info.value.code)
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,8 @@ and their options stripped), classified and checked without training or predicti
   datamodule and the model built as ``tumorseg.training.train.train`` builds them, the sizes checked as it
   checks them, the trainer, callback and logger arguments bound to their targets' signatures, and
   an Optuna search space composed at its bounds;
-* ``predict.py``: ``conf/predict.yaml`` composed with the overrides and resolved;
+* ``predict.py`` and ``python -m tumorseg.export``: ``conf/predict.yaml`` (``conf/export.yaml``)
+  composed with the overrides and resolved;
 * ``python -m tumorseg.<module>`` and ``python experiments/<script>.py``: the arguments parsed by the
   module's own parser (its ``main(argv)`` stopped right after parsing); the quick ones
   (``tumorseg.data.synthetic`` at a tiny size, ``tumorseg.data check``, ``tumorseg.models.summary``
@@ -110,6 +111,8 @@ HYDRA_PLUGINS = {
 
 # Hydra applications: script -> the config it composes (checked against the script itself).
 HYDRA_APPS = {"train.py": "train", "predict.py": "predict"}
+# the same for `python -m` modules: module -> (its __main__ file, the config it composes)
+HYDRA_MODULES = {"tumorseg.export": ("src/tumorseg/export/__main__.py", "export")}
 
 TEACH = "teach tests/test_readme_commands.py about it (or add it to its ALLOWLIST, saying why it cannot be checked)"
 
@@ -421,18 +424,21 @@ def check_predict_cfg(cfg: DictConfig) -> None:
             resolved(cfg, key)
 
 
-APP_CHECKS = {"train": check_train_cfg, "predict": check_predict_cfg}
+APP_CHECKS = {"train": check_train_cfg, "predict": check_predict_cfg, "export": check_predict_cfg}
 
 
 def check_hydra_command(command: Command, config: str, tmp_path: Path) -> None:
-    script = ROOT / command.argv[1]
+    if command.argv[1] == "-m":  # python -m tumorseg.X: its __main__ file, then the overrides
+        script, given = ROOT / HYDRA_MODULES[command.argv[2]][0], list(command.argv[3:])
+    else:
+        script, given = ROOT / command.argv[1], list(command.argv[2:])
     assert f'config_name="{config}"' in script.read_text(), f"{script.name} no longer composes {config}.yaml"
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
-            args = get_args_parser().parse_args(list(command.argv[2:]))
+            args = get_args_parser().parse_args(given)
         except SystemExit:
-            pytest.fail(f"Hydra's command line rejects {list(command.argv[2:])}:\n{stderr.getvalue()}")
+            pytest.fail(f"Hydra's command line rejects {given}:\n{stderr.getvalue()}")
     if args.config_path or args.config_dir:
         pytest.fail(f"--config-path/--config-dir: {TEACH}")
     config = args.config_name or config
@@ -567,6 +573,8 @@ def check_command(command: Command, monkeypatch, request, tmp_path: Path, depth:
             check_command(sub, monkeypatch, request, tmp_path, depth + 1)
     elif argv[0] == "python" and len(argv) > 1 and argv[1] in HYDRA_APPS:
         check_hydra_command(command, HYDRA_APPS[argv[1]], tmp_path)
+    elif argv[0] == "python" and len(argv) > 2 and argv[1] == "-m" and argv[2] in HYDRA_MODULES:
+        check_hydra_command(command, HYDRA_MODULES[argv[2]][1], tmp_path)
     elif argv[0] == "python" and len(argv) > 2 and argv[1] == "-m" and argv[2].startswith("tumorseg."):
         check_module_command(command, monkeypatch, request, tmp_path)
     elif argv[0] == "python" and len(argv) > 1 and fnmatch.fnmatchcase(argv[1], "experiments/*.py"):

@@ -1,2 +1,2 @@
 """The commands of ``experiments/benchmark.py``, one module each (``step``, ``data``, ``infer``,
-``report``), and what they share (``common``)."""
+``export`` in ``export_bench``, ``report``), and what they share (``common``)."""

@@ -127,6 +127,11 @@ class AdaptiveAvgPool3d(nn.AdaptiveAvgPool3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not deterministic_path(x):
             return super().forward(x)
+        return self.separable(x)
+
+    def separable(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooling as one matrix product per axis: deterministic, and exportable to ONNX (which
+        has no adaptive pooling) for inputs of a fixed size."""
         size = (self.output_size,) * 3 if isinstance(self.output_size, int) else self.output_size
         return _separable(x, [_average_weights(n, m, x.device, x.dtype) for n, m in zip(x.shape[2:], size)])
 

@@ -212,8 +212,8 @@ def _skipped(problems: list[Problem]) -> dict[str, str]:
 
 def build_predictor(cfg) -> Predictor:
     """The ``Predictor`` of ``predict.py``'s checkpoints (``ckpt_path``, ``ckpt_sha256``; null: the
-    shipped model, verified, whose notice is printed); each test-time option that is null keeps
-    every checkpoint's own setting."""
+    shipped model, verified, whose notice is printed), run by ``backend`` (exports by their own
+    runtime); each test-time option that is null keeps every checkpoint's own setting."""
     specs = [] if OmegaConf.is_missing(cfg, "ckpt_path") else _as_list(cfg.ckpt_path)
     if not specs:
         from tumorseg.predict.pretrained import shipped_model
@@ -222,7 +222,8 @@ def build_predictor(cfg) -> Predictor:
         print(shipped.banner(), flush=True)  # once per run: the predictor is built once
         specs = [shipped.path]
     return Predictor.from_checkpoints(
-        specs, _as_list(cfg.get("ckpt_sha256")), progress=cfg.progress, allow_http=cfg.allow_http, overlap=cfg.overlap,
+        specs, _as_list(cfg.get("ckpt_sha256")), progress=cfg.progress, allow_http=cfg.allow_http,
+        backend=cfg.get("backend", "torch"), overlap=cfg.overlap,
         sw_batch_size=cfg.sw_batch_size, mirror=cfg.mirror, et_min_voxels=cfg.et_min_voxels, bf16=cfg.bf16,
         device=cfg.device,
     )  # fmt: skip

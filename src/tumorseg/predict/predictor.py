@@ -9,10 +9,16 @@ necrosis) and the crop undone. Each setting comes from the model's hyper-paramet
 checkpoint) unless the caller overrides it explicitly, so one checkpoint predicts the same way
 from ``predict.py``, from ``experiments/evaluate_runs.py`` and from Python.
 
+A model is a ``SegmentationModule`` run by PyTorch, or an exported network
+(``tumorseg.export.ExportedNetwork``: ONNX run by onnxruntime, or TorchScript) that carries the
+same hyper-parameters in its metadata; the sliding window calls either alike, so every backend
+shares the preprocessing, windows, mirroring, label scheme and post-processing.
+
 Example:
     >>> predictor = Predictor.from_checkpoints(["best.ckpt"])
     >>> prediction = predictor(dataset_cases("/data/BraTS2021")[0])
     >>> prediction.label.shape  # the source grid, internal classes 0/1/2/3
+    >>> Predictor.from_checkpoints(["best.ckpt"], backend="onnx")  # the same, with onnxruntime
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 
 from tumorseg.data.cache import PreprocessConfig, preprocess, restore_geometry
 from tumorseg.data.layouts import Volume
+from tumorseg.export.runtime import ExportedNetwork, OnnxNetwork
 from tumorseg.inference.schemes import probabilities, to_labels
 from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
 from tumorseg.labels import BRATS2023, MODALITIES, LabelSet, postprocess, region_probabilities
@@ -37,6 +44,10 @@ from tumorseg.predict.cases import InputCase, PredictionError, read_case
 from tumorseg.training.module import TEST_TIME_DEFAULTS, SegmentationModule
 
 log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx")
+# what a predictor runs: a trained module, or an export of one with the same hyper-parameters
+Model = SegmentationModule | ExportedNetwork
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -46,7 +57,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def test_time_settings(model: SegmentationModule) -> dict:
+def test_time_settings(model: Model) -> dict:
     """The test-time settings a model was trained with (its ``inference`` hyper-parameters, the
     settings missing from older checkpoints at their defaults)."""
     return {**TEST_TIME_DEFAULTS, **(model.hparams.get("inference") or {})}
@@ -61,10 +72,10 @@ class ModelGroup:
 
     modalities: tuple[str, ...]
     preprocess: PreprocessConfig
-    models: list[SegmentationModule] = field(default_factory=list)
+    models: list[Model] = field(default_factory=list)
 
 
-def group_models(models: Sequence[SegmentationModule]) -> list[ModelGroup]:
+def group_models(models: Sequence[Model]) -> list[ModelGroup]:
     groups: dict[str, ModelGroup] = {}
     for model in models:
         modalities = tuple(model.hparams.modalities)
@@ -129,7 +140,8 @@ class Prediction:
 
 
 class Predictor:
-    """Segments cases with one model or the average of several (an ensemble).
+    """Segments cases with one model or the average of several (an ensemble): trained modules, or
+    exported networks (``tumorseg.export``), which run in the same sliding window.
 
     Each model runs the sliding window with its own recorded settings (``inference`` in its
     hyper-parameters: ``conf/inference`` when it trained); an argument given here overrides that
@@ -138,14 +150,16 @@ class Predictor:
     averaged: of the common label scheme, or of the WT/TC/ET regions when the schemes differ.
 
     Args:
-        models: a ``SegmentationModule`` or several.
+        models: a ``SegmentationModule`` or an ``ExportedNetwork``, or several.
         overlap: window overlap for every model. Defaults to None (each model's).
         sw_batch_size: windows per forward pass for every model. Defaults to None (each model's).
         mirror: average over the 8 mirrorings, for every model. Defaults to None (each model's).
         et_min_voxels: enhancing tumour under this many voxels becomes necrosis (0: never).
             Defaults to None: the models' setting, which must then agree.
-        bf16: bfloat16 autocast. Defaults to None (on a GPU only).
-        device: ``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda:1"``, ... Defaults to ``"auto"``.
+        bf16: bfloat16 autocast of PyTorch modules (exports run as exported, in float32).
+            Defaults to None (on a GPU only).
+        device: ``"auto"`` (a GPU when there is one; the CPU when every model is an ONNX export,
+            which onnxruntime runs there), ``"cpu"``, ``"cuda:1"``, ... Defaults to ``"auto"``.
         names: how messages name the models (their checkpoint files). Defaults to "model 1", ...
 
     Raises:
@@ -156,7 +170,7 @@ class Predictor:
 
     def __init__(
         self,
-        models: SegmentationModule | Sequence[SegmentationModule],
+        models: Model | Sequence[Model],
         *,
         overlap: float | None = None,
         sw_batch_size: int | None = None,
@@ -166,7 +180,7 @@ class Predictor:
         device: str | torch.device = "auto",
         names: Sequence[str] | None = None,
     ):
-        self.models = [models] if isinstance(models, SegmentationModule) else list(models)
+        self.models = [models] if isinstance(models, (SegmentationModule, ExportedNetwork)) else list(models)
         if not self.models:
             raise PredictionError("A predictor needs at least one model.")
         self.names = list(names) if names is not None else [f"model {i + 1}" for i in range(len(self.models))]
@@ -174,6 +188,8 @@ class Predictor:
             unknown = [m for m in model.hparams.modalities if m not in MODALITIES]
             if unknown:
                 raise PredictionError(f"{name}: unknown input modalities {unknown} in the checkpoint.")
+        if device == "auto" and all(isinstance(model, OnnxNetwork) for model in self.models):
+            device = "cpu"
         self.device = resolve_device(device)
         bf16 = self.device.type == "cuda" if bf16 is None else bool(bf16)
         recorded = [test_time_settings(model) for model in self.models]
@@ -182,8 +198,14 @@ class Predictor:
         window = ("roi_size", "overlap", "sw_batch_size", "mode", "mirror")
         try:
             self.configs = [
-                InferenceConfig(**{**{k: settings[k] for k in window if k in settings}, **given, "bf16": bf16})
-                for settings in recorded
+                InferenceConfig(
+                    **{
+                        **{k: settings[k] for k in window if k in settings},
+                        **given,
+                        "bf16": bf16 and isinstance(model, SegmentationModule),  # exports run as exported
+                    }
+                )
+                for model, settings in zip(self.models, recorded)
             ]
         except ValueError as err:
             raise PredictionError(f"Test-time settings: {err}") from err
@@ -219,12 +241,24 @@ class Predictor:
         *,
         progress: bool = True,
         allow_http: bool = False,
+        backend: str = "torch",
         **settings,
     ) -> Predictor:
         """A predictor of the checkpoints ``specs`` (paths or https URLs, plain http too with
         ``allow_http``, downloaded once and verified against ``sha256``, one digest per checkpoint);
-        ``settings`` as for the constructor."""
+        ``settings`` as for the constructor.
+
+        ``backend`` runs training checkpoints with ``"torch"``, or with ``"onnx"``: each is exported
+        to ONNX in memory first (``tumorseg.export.export_model``, verified against PyTorch, a few
+        seconds to a minute per network) and run by onnxruntime on the CPU. Exports given as
+        ``specs`` (``python -m tumorseg.export``: an ``.onnx`` file, or a TorchScript archive) run
+        with their own runtime whatever ``backend`` says, their hyper-parameters read from their metadata.
+        """
+        from tumorseg.export.runtime import is_export, load_exported
         from tumorseg.predict.checkpoints import checkpoint_summary, load_checkpoint, load_model, resolve_checkpoint
+
+        if backend not in BACKENDS:
+            raise PredictionError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}.")
 
         specs = list(specs)
         digests = list(sha256) if sha256 else [None] * len(specs)
@@ -233,11 +267,28 @@ class Predictor:
                 f"ckpt_sha256 has {len(digests)} digest(s) for {len(specs)} checkpoint(s); give one per checkpoint."
             )
         paths = [resolve_checkpoint(s, d, progress=progress, allow_http=allow_http) for s, d in zip(specs, digests)]
-        models = []
+        models: list[Model] = []
         for path in paths:
+            if is_export(path):
+                exported = load_exported(path)
+                meta = exported.metadata
+                log.info(
+                    "Model %s: %s export of %s (tumorseg %s, from %s), run by %s", path, meta["format"],
+                    meta["network"], meta.get("tumorseg_version"), meta["source"].get("checkpoint"), exported.runtime,
+                )  # fmt: skip
+                models.append(exported)
+                continue
             summary = checkpoint_summary(load_checkpoint(path))
             log.info("Model %s: %s", path, ", ".join(f"{k}={v}" for k, v in summary.items()))
-            models.append(load_model(path))
+            model = load_model(path)
+            if backend == "onnx":
+                from tumorseg.export.exporter import export_model
+
+                exported = export_model(model, "onnx", source={"checkpoint": Path(path).name})
+                log.info("Model %s exported to ONNX in memory: %s", path, exported.describe())
+                exported.network.name = str(path)
+                model = exported.network
+            models.append(model)
         return cls(models, names=[str(p) for p in paths], **settings)
 
     @property
@@ -248,10 +299,11 @@ class Predictor:
     def describe(self) -> list[str]:
         """One line per model: the settings it runs with."""
         return [
-            f"{name}: roi {list(c.roi_size)}, overlap {c.overlap}, {c.sw_batch_size} window(s) per pass, {c.mode}, "
+            f"{name}: {getattr(model, 'runtime', 'torch')}, roi {list(c.roi_size)}, overlap {c.overlap}, "
+            f"{c.sw_batch_size} window(s) per pass, {c.mode}, "
             f"mirror {'on' if c.mirror else 'off'}, bf16 {'on' if c.bf16 else 'off'}, "
             f"ET under {self.et_min_voxels} voxels -> NCR"
-            for name, c in zip(self.names, self.configs)
+            for name, model, c in zip(self.names, self.models, self.configs)
         ]
 
     def __call__(self, item: InputCase) -> Prediction:
