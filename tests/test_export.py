@@ -276,3 +276,26 @@ def test_the_command_line(exports, tmp_path):
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"error: out={out} exists and is kept; overwrite=true replaces it" in done.stderr
     assert "Traceback" not in done.stderr and out.read_bytes() == b"keep me"
+
+
+def test_a_brats2024_model_exports_its_label_set(tmp_path):
+    torch.manual_seed(0)
+    model = SegmentationModule(
+        {"name": "arunet3d", **NETWORKS["arunet3d"][0]}, labels="regions", label_set="brats2024",
+        modalities=MODALITIES, inference={"roi_size": 16, "sw_batch_size": 2, "overlap": 0.25},
+    )  # fmt: skip
+    ckpt = save_checkpoint(model, tmp_path / "brats2024.ckpt")
+    out = tmp_path / "brats2024.pt"
+    assert run(export_cfg(tmp_path, f"ckpt_path={ckpt}", "format=torchscript", f"out={out}")) == 0
+    exported = load_exported(out)
+    labels = exported.metadata["labels"]
+    # four sigmoid channels, the cavity last; the six regions of the 2024 evaluation
+    assert exported.metadata["output"]["channels"] == ["wt", "tc", "et", "rc"]
+    assert (
+        labels["label_set"] == "brats2024" and labels["regions"]["rc"] == [4] and labels["regions"]["wt"] == [1, 2, 3]
+    )
+    assert list(labels["conventions"]) == ["brats2024"] and labels["classes"]["4"] == "RC"
+    assert exported.label_set.name == "brats2024"
+    image = torch.randn(1, len(MODALITIES), 16, 16, 16)
+    with torch.no_grad():
+        assert_logits_close(exported(image), model.net.eval()(image))
