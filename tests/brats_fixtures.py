@@ -1,4 +1,4 @@
-"""Tiny BraTS 2020/2021/2023 and MSD Task01 cases on disk, whole or broken in chosen ways.
+"""Tiny BraTS 2017-2019/2020/2021/2023 and MSD Task01 cases on disk, whole or broken in chosen ways.
 
 Plain functions for tests that need dataset folders: the readers, the dataset check, the cache,
 the datamodule. The file naming and label values of each layout are spelled out here rather
@@ -33,19 +33,21 @@ import nibabel as nib
 import numpy as np
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-LAYOUTS = ("brats2020", "brats2021", "brats2023", "msd")
+LAYOUTS = ("brats2018", "brats2020", "brats2021", "brats2023", "msd")
 SHAPE = (12, 10, 8)
 KAGGLE_355_LABEL = "W39_1998.09.19_Segm.nii"
 
 # file suffix of each modality, in MODALITIES order, and between case id and suffix
 SUFFIXES = {
+    "brats2018": ("flair", "t1", "t1ce", "t2"),
     "brats2020": ("flair", "t1", "t1ce", "t2"),
     "brats2021": ("flair", "t1", "t1ce", "t2"),
     "brats2023": ("t2f", "t1n", "t1c", "t2w"),
 }
-SEPARATORS = {"brats2020": "_", "brats2021": "_", "brats2023": "-"}
+SEPARATORS = {"brats2018": "_", "brats2020": "_", "brats2021": "_", "brats2023": "-"}
 # internal class (0 background, 1 NCR, 2 ED, 3 ET) -> value written in the layout's label files
 SOURCE_VALUES = {
+    "brats2018": (0, 1, 2, 4),
     "brats2020": (0, 1, 2, 4),
     "brats2021": (0, 1, 2, 4),
     "brats2023": (0, 1, 2, 3),
@@ -54,10 +56,12 @@ SOURCE_VALUES = {
 
 
 def case_id(layout: str, index: int, *, split: str = "Training") -> str:
-    """The id of case ``index`` in ``layout``: ``BraTS20_Training_001``, ``BraTS2021_00001``,
-    ``BraTS-GLI-00001-000`` or ``BRATS_001``. ``split`` ("Training"/"Validation") is used by brats2020 only.
+    """The id of case ``index`` in ``layout``: ``Brats18_TCIA01_001_1``, ``BraTS20_Training_001``,
+    ``BraTS2021_00001``, ``BraTS-GLI-00001-000`` or ``BRATS_001``. ``split`` ("Training"/"Validation")
+    is used by brats2020 only.
     """
     return {
+        "brats2018": f"Brats18_TCIA01_{index:03d}_1",
         "brats2020": f"BraTS20_{split}_{index:03d}",
         "brats2021": f"BraTS2021_{index:05d}",
         "brats2023": f"BraTS-GLI-{index:05d}-000",
@@ -146,7 +150,7 @@ def write_case(
 
     Args:
         root: Dataset root (BraTS: the folder holding the case folders; MSD: the Task01 folder).
-        layout: "brats2020", "brats2021", "brats2023" or "msd".
+        layout: One of ``LAYOUTS``.
         case: The case id, e.g. ``case_id(layout, 1)``.
         shape: Voxels along x, y, z. Defaults to (12, 10, 8).
         label: Write the label file. Defaults to True.
@@ -233,7 +237,7 @@ def write_dataset(root: Path, layout: str, n_cases: int, *, start: int = 1, test
 
     Args:
         root: Dataset root.
-        layout: "brats2020", "brats2021", "brats2023" or "msd".
+        layout: One of ``LAYOUTS``.
         n_cases: Number of cases, with ids ``case_id(layout, i)`` for i from ``start`` on.
         start: Index of the first case. Defaults to 1.
         test_cases: MSD only: number of further cases written to imagesTs/. Defaults to 0.

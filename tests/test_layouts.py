@@ -1,4 +1,4 @@
-"""Discovering and reading BraTS 2020/2021/2023 and MSD cases: naming, nesting, label conventions, the real exam."""
+"""Discovering and reading BraTS 2017-2019/2020/2021/2023 and MSD cases: naming, nesting, label conventions, the real exam."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from brats_fixtures import (
     KAGGLE_355_LABEL,
     SHAPE,
+    SHARED_DATA,
     SharedData,
     affine,
     case_id,
@@ -73,7 +74,8 @@ def test_load_case_stacks_modalities_in_order_and_maps_labels_to_internal_classe
 @pytest.mark.parametrize(
     ("layout", "source", "internal"),
     [
-        ("brats2020", 4, 3),  # enhancing tumour
+        ("brats2018", 4, 3),  # enhancing tumour
+        ("brats2020", 4, 3),
         ("brats2021", 4, 3),
         ("brats2023", 3, 3),
         ("brats2023", 1, 1),
@@ -215,6 +217,7 @@ def test_an_unusable_root_names_itself_and_the_known_layouts(tmp_path, name):
     message = str(error.value)
     assert str(root) in message
     for layout, example in [
+        ("brats2018", "Brats18_CBICA_AAB_1_flair.nii.gz"),
         ("brats2020", "BraTS20_Training_001_flair.nii.gz"),
         ("brats2021", "BraTS2021_00000_flair.nii.gz"),
         ("brats2023", "BraTS-GLI-00000-000-t2f.nii.gz"),
@@ -283,7 +286,8 @@ def test_the_shared_brats2023_exam_keeps_its_orientation_and_modality_order(shar
         discovery = discover(root, layout="brats2023") if root == shared.root else discover(root)
         assert discovery.layout == "brats2023"
         assert [case.case_id for case in discovery.cases] == ["BraTS-GLI-00001-000"]
-        assert all("brats2020 layout" in p.message for p in discovery.problems)
+        # the other real exams beside it: BraTS 2020 (real2020/) and, where present, BraTS 2018 (brats18/)
+        assert all(re.search(r"brats20(18|20) layout", p.message) for p in discovery.problems)
     case = discovery.cases[0]
     assert case.label is None
     assert [path.name.split("-")[-1] for path in case.images] == [
@@ -309,3 +313,72 @@ def test_case_is_a_frozen_value():
     assert case == Case("BRATS_001", "msd", (Path("imagesTr/BRATS_001.nii.gz"),), None)
     with pytest.raises(AttributeError, match="label"):
         case.label = Path("labelsTr/BRATS_001.nii.gz")
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["Brats17_2013_10_1", "Brats17_TCIA_105_1", "Brats18_CBICA_AAB_1", "Brats18_TCIA01_131_1", "BraTS19_TMC_06290_1",
+     "BraTS19_CBICA_AAM_1", "BraTS19_2013_0_1"],
+)  # fmt: skip
+def test_brats_2017_2018_2019_case_names(tmp_path, case):
+    write_case(tmp_path, "brats2018", case)
+    discovery = discover(tmp_path)
+    assert discovery.layout == "brats2018" and discovery.problems == []
+    (found,) = discovery.cases
+    assert found.case_id == case and found.grade is None
+    # "_t1" and "_t1ce" both end a case id's files: each modality gets its own
+    assert [path.name for path in found.images] == [f"{case}_{m}.nii.gz" for m in MODALITIES]
+    assert found.label.name == f"{case}_seg.nii.gz"
+    np.testing.assert_array_equal(load_case(found).label, internal_label(SHAPE))
+
+
+def test_brats2018_grades_from_the_hgg_and_lgg_folders(tmp_path):
+    root = tmp_path / "MICCAI_BraTS_2018_Data_Training"
+    write_case(root / "HGG", "brats2018", "Brats18_CBICA_AAB_1")
+    write_case(root / "HGG", "brats2018", "Brats18_2013_2_1")
+    write_case(root / "LGG", "brats2018", "Brats18_TCIA10_103_1")
+    for where in (root, tmp_path):  # the dataset's folder, or the folder above it
+        discovery = discover(where)
+        assert discovery.problems == []
+        assert {case.case_id: case.grade for case in discovery.cases} == {
+            "Brats18_2013_2_1": "HGG",
+            "Brats18_CBICA_AAB_1": "HGG",
+            "Brats18_TCIA10_103_1": "LGG",
+        }
+    # one grade folder given as the root
+    assert [case.grade for case in discover(root / "LGG").cases] == ["LGG"]
+
+
+def test_grades_from_name_mapping_csv(tmp_path):
+    ids = write_dataset(tmp_path, "brats2020", 3)
+    (tmp_path / "name_mapping.csv").write_text(
+        "Grade,BraTS_2017_subject_ID,BraTS_2018_subject_ID,TCGA_TCIA_subject_ID,BraTS_2019_subject_ID,BraTS_2020_subject_ID\n"
+        f"HGG,Brats17_CBICA_AAB_1,Brats18_CBICA_AAB_1,NA,BraTS19_CBICA_AAB_1,{ids[0]}\n"
+        f"LGG,Brats17_2013_0_1,Brats18_2013_0_1,NA,BraTS19_2013_0_1,{ids[2]}\n"
+    )
+    discovery = discover(tmp_path)
+    assert discovery.problems == []
+    assert [case.grade for case in discovery.cases] == ["HGG", None, "LGG"]
+    (tmp_path / "name_mapping.csv").write_bytes(b"\xff\xfe\x00broken")
+    discovery = discover(tmp_path)
+    assert [case.grade for case in discovery.cases] == [None, None, None]
+    (problem,) = discovery.problems
+    assert problem.path == tmp_path / "name_mapping.csv" and "cannot read the grades" in problem.message
+
+
+BRATS18 = SHARED_DATA / "brats18"
+
+
+@pytest.mark.skipif(not BRATS18.is_dir(), reason=f"no real BraTS 2018 exams in {BRATS18}")
+def test_the_shared_brats2018_exams():
+    discovery = discover(BRATS18)
+    assert discovery.layout == "brats2018" and discovery.problems == []
+    assert len(discovery.cases) == 18
+    case = next(c for c in discovery.cases if c.case_id == "Brats18_TCIA01_378_1")
+    assert [path.name for path in case.images] == [f"Brats18_TCIA01_378_1_{m}.nii.gz" for m in MODALITIES]
+    volume = load_case(case)
+    stored = np.asanyarray(nib.load(case.label).dataobj)
+    assert sorted(np.unique(stored)) == [0, 1, 2, 4]
+    for value, internal in ((1, 1), (2, 2), (4, 3)):
+        assert set(np.unique(volume.label[stored == value])) == {internal}
+    assert volume.image.shape == (4, 240, 240, 155) and nib.aff2axcodes(volume.affine) == ("L", "P", "S")

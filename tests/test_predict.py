@@ -137,7 +137,7 @@ def predict_cfg(tmp_path: Path, *overrides: str):
     return cfg
 
 
-@pytest.mark.parametrize("layout", ["brats2020", "brats2021", "brats2023", "msd"])
+@pytest.mark.parametrize("layout", ["brats2018", "brats2020", "brats2021", "brats2023", "msd"])
 def test_geometry_and_label_convention_of_each_layout(tmp_path, layout):
     data = tmp_path / "data"
     spacing = (1.0, 1.2, 1.5)

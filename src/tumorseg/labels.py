@@ -124,6 +124,8 @@ BRATS2023 = LabelSet(
     conventions={
         "brats2020": {0: 0, 1: 1, 2: 2, 4: 3},
         "brats2021": {0: 0, 1: 1, 2: 2, 4: 3},
+        # BraTS 2017, 2018 and 2019 (the brats2018 layout) label as 2020 does
+        "brats2018": {0: 0, 1: 1, 2: 2, 4: 3},
         "brats2023": {0: 0, 1: 1, 2: 2, 3: 3},
         # MSD Task01_BrainTumour: 1 edema, 2 non-enhancing tumour, 3 enhancing tumour
         "msd": {0: 0, 1: 2, 2: 1, 3: 3},

@@ -197,6 +197,12 @@ def run(
         "spacings": _counts(report.spacings, lambda spacing: "x".join(f"{size:g}" for size in spacing) + " mm"),
         "label values": f"{values} ({report.convention} convention)" if values else "none (no label read)",
     }
+    grades = Counter(case.grade for case in report.cases if case.grade)
+    if grades:
+        unknown = len(report.cases) - sum(grades.values())
+        facts["grades"] = ", ".join(f"{grade} {count}" for grade, count in sorted(grades.items())) + (
+            f", {unknown} unknown" if unknown else ""
+        )
     for name, value in facts.items():
         console.print(f"[bold]{name:<13}[/bold] {escape(value)}", highlight=False)
     for warning in report.warnings:

@@ -375,6 +375,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.augment = BatchAugment(augmentation)
         self.split: dict[str, list[str]] | None = None
         self.cache: Cache | None = None
+        self.grades: dict[str, str] = {}
 
     # -- preparation
 
@@ -391,6 +392,8 @@ class BratsDataModule(pl.LightningDataModule):
                 f"{self.root}: labels={self.label_set.name}, but the dataset's labels are read in the {convention} "
                 f"convention (of the {discovery.layout} layout, detected from the file names); {hint}."
             )
+        # HGG/LGG where the dataset says (BraTS 2017-2019 folders, name_mapping.csv), for split.json
+        self.grades = {case.case_id: case.grade for case in discovery.cases if case.grade}
         cache = build_cache(
             discovery, self.cache_dir, self.preprocess_config, workers=self.preprocess_workers, progress=progress
         )
@@ -436,6 +439,9 @@ class BratsDataModule(pl.LightningDataModule):
             "preprocess": asdict(self.preprocess_config),
             **self.split,
         }
+        used = self.split["train"] + self.split["val"]
+        if any(case in self.grades for case in used):
+            record["grades"] = {case: self.grades[case] for case in used if case in self.grades}
         path.write_text(json.dumps(record, indent=1))
         return path
 

@@ -10,6 +10,8 @@ case once and reports every problem of its content, for the dataset check and th
 
 The layouts, with the file names of one case::
 
+    brats2018  Brats18_CBICA_AAB_1/Brats18_CBICA_AAB_1_{flair,t1,t1ce,t2,seg}.nii.gz (BraTS 2017, 2018
+               and 2019: Brats17_*, Brats18_*, BraTS19_*; case folders flat or under HGG/ and LGG/)
     brats2020  BraTS20_Training_001/BraTS20_Training_001_{flair,t1,t1ce,t2,seg}.nii[.gz]
     brats2021  BraTS2021_00000/BraTS2021_00000_{flair,t1,t1ce,t2,seg}.nii.gz
     brats2023  BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t2f,t1n,t1c,t2w,seg}.nii.gz
@@ -22,12 +24,13 @@ BraTS 2024 post-treatment data is named like 2023's but holds labels 1-4 (``conv
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -36,7 +39,7 @@ import numpy as np
 from tumorseg.io import NiftiError, grid_mismatch, label_voxels, non_finite, read_nifti, spacing
 from tumorseg.labels import ALL_CONVENTIONS, MODALITIES, convention_label_set, to_internal, unexpected_values
 
-LAYOUTS = ("brats2020", "brats2021", "brats2023", "msd")
+LAYOUTS = ("brats2018", "brats2020", "brats2021", "brats2023", "msd")
 # label conventions that are not a layout's own -> the layout whose file names they share; nothing
 # in the files tells them apart, so the user names them (data.convention, --convention)
 CONVENTION_LAYOUTS = {"brats2024": "brats2023"}
@@ -44,6 +47,9 @@ CONVENTION_LAYOUTS = {"brats2024": "brats2023"}
 # Per BraTS layout: case id pattern, separator between id and suffix, file suffix of each modality
 # in MODALITIES order. The label is always "<id><sep>seg".
 _BRATS_NAMING = {
+    # BraTS 2017-2019 name cases after their source (2013 challenge, CBICA, TCIA sites, 2019's TMC):
+    # Brats17_2013_10_1, Brats18_TCIA01_131_1, BraTS19_CBICA_AAB_1
+    "brats2018": (r"(?:Brats|BraTS)1[789]_(?:[A-Za-z0-9]+_)+\d+", "_", ("flair", "t1", "t1ce", "t2")),
     "brats2020": (r"BraTS20_(?:Training|Validation)_\d+", "_", ("flair", "t1", "t1ce", "t2")),
     "brats2021": (r"BraTS2021_\d+", "_", ("flair", "t1", "t1ce", "t2")),
     # GLI and the other 2023 sub-challenges (MEN, MET, PED, SSA) share one naming
@@ -62,6 +68,7 @@ _MSD_FOLDERS = {"imagesTr": "image", "imagesTs": "image", "labelsTr": "label"}
 _MSD_CHANNELS = ("flair", "t1w", "t1gd", "t2w")
 
 _EXAMPLES = {
+    "brats2018": "Brats18_CBICA_AAB_1/Brats18_CBICA_AAB_1_flair.nii.gz (also Brats17_*, BraTS19_*; flat or in HGG/, LGG/)",
     "brats2020": "BraTS20_Training_001/BraTS20_Training_001_flair.nii.gz (or .nii)",
     "brats2021": "BraTS2021_00000/BraTS2021_00000_flair.nii.gz",
     "brats2023": "BraTS-GLI-00000-000/BraTS-GLI-00000-000-t2f.nii.gz",
@@ -82,6 +89,8 @@ class Case:
         label: The label file, or None where the case has none (validation and test data).
         convention: The label convention of ``label`` when it is not the layout's own (see
             ``CONVENTION_LAYOUTS``), else None.
+        grade: ``"HGG"`` or ``"LGG"`` where the dataset says (BraTS 2017-2019 case folders under
+            ``HGG/`` or ``LGG/``, or a ``name_mapping.csv`` with a Grade column), else None.
     """
 
     case_id: str
@@ -89,6 +98,7 @@ class Case:
     images: tuple[Path, ...]
     label: Path | None
     convention: str | None = None
+    grade: str | None = None
 
     @property
     def label_convention(self) -> str:
@@ -297,7 +307,39 @@ def discover(
     cases, case_problems = _build_cases(
         layout, found[layout], require_labels, None if convention == layout else convention
     )
-    return Discovery(root, layout, cases, problems + case_problems)
+    grades, grade_problems = _grades(files, cases)
+    cases = [replace(case, grade=grades.get(case.case_id)) for case in cases]
+    return Discovery(root, layout, cases, problems + case_problems + grade_problems)
+
+
+GRADES = ("HGG", "LGG")
+# BraTS 2019 and 2020 list every case's grade and its ids in other releases here
+_NAME_MAPPING = "name_mapping.csv"
+
+
+def _grades(files: list[Path], cases: list[Case]) -> tuple[dict[str, str], list[Problem]]:
+    """Case id -> ``"HGG"``/``"LGG"``: from the folder a case folder lies in (BraTS 2017-2019 ship
+    ``HGG/`` and ``LGG/``), else from a ``name_mapping.csv`` whose Grade column gives it."""
+    grades, problems = {}, []
+    ids = {case.case_id for case in cases}
+    for path in (p for p in files if p.name == _NAME_MAPPING):
+        try:
+            with path.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            problems.append(Problem(f"cannot read the grades listed here ({error}); fix or delete the file", path=path))
+            continue
+        for row in rows:
+            grade = str(row.get("Grade") or "").strip().upper()
+            if grade in GRADES:
+                for value in row.values():
+                    if isinstance(value, str) and value.strip() in ids:
+                        grades[value.strip()] = grade
+    for case in cases:
+        folder = case.images[0].parent.parent.name.upper()
+        if case.layout != "msd" and folder in GRADES:
+            grades[case.case_id] = folder
+    return grades, problems
 
 
 def _no_dataset(root: Path, what: str) -> str:
@@ -310,7 +352,8 @@ def _no_dataset(root: Path, what: str) -> str:
 
 
 def _scan(root: Path) -> tuple[list[Path], list[Problem]]:
-    """Files in ``root`` and in its folders down to ``_SEARCH_DEPTH`` levels, but hidden ones."""
+    """Files in ``root`` and in its folders down to ``_SEARCH_DEPTH`` levels (``HGG/`` and ``LGG/``
+    not counted), but hidden ones."""
     files, problems = [], []
     folders = [(root, 0)]
     while folders:
@@ -327,7 +370,9 @@ def _scan(root: Path) -> tuple[list[Path], list[Problem]]:
                 continue
             if entry.is_dir():
                 if depth < _SEARCH_DEPTH:
-                    folders.append((Path(entry.path), depth + 1))
+                    # BraTS 2017-2019's grade folders are one level the archive adds, not one the user chose
+                    grade_folder = entry.name.upper() in GRADES
+                    folders.append((Path(entry.path), depth + (0 if grade_folder else 1)))
             elif entry.is_file():
                 files.append(Path(entry.path))
     return files, problems
