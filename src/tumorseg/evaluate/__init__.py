@@ -19,11 +19,13 @@ JSON with the same values, their summary and the cases that could not be evaluat
 the summary.
 
 Modules: ``metrics`` (Dice, surface distances, HD95, the metrics of one case), ``lesionwise``
-(the BraTS 2023 lesion-wise metrics of one case, DeepMind's robust Hausdorff distance), ``folder``
+(the BraTS 2023 lesion-wise metrics of one case, DeepMind's robust Hausdorff distance),
+``baseline`` (the FLAIR-threshold baseline, a whole tumour with no learning), ``folder``
 (pairing prediction and reference files, the worker processes, ``evaluate_folder``), ``reports``
 (summary, CSV, JSON, printed table), ``cli`` (the command line).
 """
 
+from tumorseg.evaluate.baseline import flair_threshold
 from tumorseg.evaluate.cli import main
 from tumorseg.evaluate.folder import LABEL_CHOICES, EvaluationError, evaluate_folder
 from tumorseg.evaluate.lesionwise import (
@@ -62,6 +64,7 @@ __all__ = [
     "LesionwiseScore",
     "dice_from_counts",
     "evaluate_folder",
+    "flair_threshold",
     "hd95",
     "lesionwise_case",
     "lesionwise_region",
