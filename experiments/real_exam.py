@@ -156,11 +156,10 @@ def score_case(
     say = echo or (lambda _: None)
     timings = {}
     start = time.perf_counter()
-    arrays, affine, _, header = read_case(item, MODALITIES)
-    brain = np.any(np.stack([arrays[m] for m in MODALITIES]) != 0, axis=0)
+    arrays, affine, _, header = read_case(item, ("flair",))
     timings["read_baseline"] = time.perf_counter() - start
     start = time.perf_counter()
-    baseline = np.where(flair_threshold(arrays["flair"], brain), BASELINE_CLASS, 0).astype(np.uint8)
+    baseline = np.where(flair_threshold(arrays["flair"]), BASELINE_CLASS, 0).astype(np.uint8)
     timings["baseline"] = time.perf_counter() - start
     say(f"  read in {timings['read_baseline']:.1f} s, FLAIR thresholded in {timings['baseline']:.1f} s")
     prediction = None
@@ -444,8 +443,8 @@ def write_summary(
     if MODEL in methods:
         lines.append(f"Model: {labels[MODEL]}.")
     lines += [
-        f"Baseline, {BASELINE}: the FLAIR z-scored over the brain (voxels non-zero in any modality), z > "
-        f'{THRESHOLD}, the largest 26-connected component as the whole tumour; no TC and ET ("-").',
+        f"Baseline, {BASELINE}: the FLAIR z-scored over the brain (its positive voxels), z > "
+        f'{THRESHOLD}, the largest (6-)connected component as the whole tumour; no TC and ET ("-").',
         "",
     ]
     for title, table in tables:
