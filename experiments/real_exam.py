@@ -53,7 +53,6 @@ from tumorseg.evaluate import LESIONWISE_METRICS, METRICS, TASKS, lesionwise_cas
 from tumorseg.evaluate.baseline import THRESHOLD, flair_threshold
 from tumorseg.io import atomic_write, read_label, spacing, write_atomic, write_nifti
 from tumorseg.labels import (
-    MODALITIES,
     REGION_CLASSES,
     REGION_NAMES,
     REGION_PAINTING,
