@@ -19,11 +19,18 @@ from test_predict import SHAPE, predict_cfg, stand_in
 from train_helpers import ROOT
 
 from tumorseg.predict import PredictionError, run
-from tumorseg.predict.checkpoints import checkpoint_summary, load_checkpoint, load_model, sha256_file
+from tumorseg.predict.checkpoints import (
+    checkpoint_summary,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint,
+    sha256_file,
+)
 from tumorseg.predict.cli import build_predictor
 from tumorseg.predict.pretrained import (
     NO_MODEL_HINT,
     REGISTRY_ENV,
+    default_model,
     packaged_registry,
     registered_models,
     shipped_model,
@@ -150,6 +157,61 @@ def test_an_explicit_ckpt_path_wins(tmp_path, edema_model, monkeypatch, capsys):
     assert predictor.names == [str(everything), str(edema_model)]
 
 
+def test_a_registered_name_is_a_ckpt_path_and_recipes_are_never_the_default(tmp_path, edema_model, monkeypatch, capsys):
+    registry = write_registry(tmp_path / "weights", edema_model)
+    entries = json.loads(registry.read_text())["models"]
+    recipe = {"name": "made-later", "recipe": ["experiment=phantom_model"], "network": "arunet3d",
+              "training_data": "phantoms", "notice": NOTICE}  # fmt: skip
+    registry.write_text(json.dumps({"models": [recipe, *entries]}))  # a recipe first
+    monkeypatch.setenv(REGISTRY_ENV, str(registry))
+    monkeypatch.setenv("TUMORSEG_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "weights" / f"{NAME}.ckpt"
+    assert default_model().name == NAME  # the first shipped file
+    predictor = build_predictor(predict_cfg(tmp_path, f"ckpt_path={NAME}"))
+    assert predictor.names == [str(shipped)]
+    assert capsys.readouterr().out.count(NOTICE) == 1  # its notice, once
+    # as the export and init_from resolve it too: verified first
+    assert resolve_checkpoint(NAME, sha256_file(shipped)) == shipped
+    with pytest.raises(FileNotFoundError, match=rf"no registered model has that name \(made-later, {NAME}\)"):
+        resolve_checkpoint("made-latr")
+    shipped.write_bytes(shipped.read_bytes()[:1000])
+    with pytest.raises(PredictionError, match=f"The shipped model {NAME} .* has 1000 bytes"):
+        build_predictor(predict_cfg(tmp_path, f"ckpt_path={NAME}"))
+
+
+def test_a_registry_of_recipes_only_ships_no_default(tmp_path):
+    registry = tmp_path / "pretrained.json"
+    recipe = {"name": "made-later", "recipe": ["model=pspnet3d"], "network": "pspnet3d", "training_data": "x",
+              "notice": NOTICE}  # fmt: skip
+    registry.write_text(json.dumps({"models": [recipe]}))
+    with pytest.raises(
+        PredictionError, match=r"ships no model: .* lists none \(only models made on first use: made-later\)"
+    ):
+        default_model(registry)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"file": "x.ckpt"}, "give either `file` .* or `recipe`"),
+        ({"recipe": []}, "`recipe` must be a non-empty list of train.py overrides"),
+        ({"recipe": "model=pspnet3d"}, "`recipe` must be a non-empty list"),
+        ({"recipe": ["model=pspnet3d", "hydra.run.dir=x"]}, "`recipe` must not set hydra.run.dir=x"),
+        ({"recipe": ["+paths.data_dir=x"]}, "`recipe` must not set \\+paths.data_dir=x"),
+        ({"time_to_make": 30}, "`time_to_make` must be a non-empty string"),
+        ({"notice": None}, "missing notice"),
+    ],
+)
+def test_a_malformed_recipe_is_reported_naming_it(tmp_path, change, expected):
+    entry = {"name": "made-later", "recipe": ["model=pspnet3d"], "network": "pspnet3d", "training_data": "x",
+             "notice": NOTICE}  # fmt: skip
+    entry = {k: v for k, v in {**entry, **change}.items() if v is not None}
+    registry = tmp_path / "pretrained.json"
+    registry.write_text(json.dumps({"models": [entry]}))
+    with pytest.raises(PredictionError, match=rf"model 1 \(made-later\): {expected}"):
+        registered_models(registry)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -210,13 +272,13 @@ def _packaged_models() -> list:
         return []  # test_the_packaged_registry_is_valid says why
 
 
-PACKAGED = _packaged_models()
+PACKAGED = [m for m in _packaged_models() if m.shipped]  # the recipes: tests/test_init_from.py
 
 
 @pytest.mark.parametrize(
     "model",
     [pytest.param(m, id=m.name) for m in PACKAGED]
-    or [pytest.param(None, id="none", marks=pytest.mark.skip(reason="the packaged registry lists no model yet"))],
+    or [pytest.param(None, id="none", marks=pytest.mark.skip(reason="the packaged registry ships no model yet"))],
 )
 def test_each_packaged_model_is_whole_and_loads_safely(model):
     assert model.path.is_file(), f"{model.path} is listed in {model.registry} but missing"

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import yaml
-from test_predict import stand_in
+from test_predict import save_checkpoint, stand_in
 from train_helpers import experiment_script
 
 from tumorseg.predict.pretrained import registered_models, verify
@@ -84,3 +84,32 @@ def test_refuses_a_checkpoint_outside_a_run_directory(ship_model, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config.yaml not found: give the checkpoint of a run directory"):
         ship_model.ship(loose, "x", None, tmp_path)
     assert not (tmp_path / "x.ckpt").exists()
+
+
+@pytest.mark.parametrize("network", ["linknet3d", "pspnet3d"])
+def test_ships_any_network_and_can_keep_the_default(ship_model, tmp_path, network):
+    """A model made on first use (a recipe entry) shipped as a file with --keep-default: in its entry's
+    place, predict.py's default unchanged."""
+    ckpt = training_run(tmp_path)
+    model = SegmentationModule({"name": network, "features": [4, 8, 16, 32], "full_resolution": True})
+    save_checkpoint(model, ckpt)
+    (ckpt.parent.parent / "run_info.json").write_text(
+        json.dumps({"command": ["train.py", "experiment=phantom_model", f"model={network}", "hydra.run.dir=/cache/x"]})
+    )
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    default = {"name": "default", "file": "default.ckpt", "sha256": "0" * 64, "bytes": 1, "network": "arunet3d",
+               "training_data": "x", "notice": "y"}  # fmt: skip
+    recipe = {"name": f"phantom-{network}", "recipe": ["experiment=phantom_model", f"model={network}"],
+              "network": network, "training_data": "x", "notice": "y"}  # fmt: skip
+    (weights / "pretrained.json").write_text(json.dumps({"models": [default, recipe]}))
+
+    target = ship_model.ship(ckpt, f"phantom-{network}", None, weights, keep_default=True)
+    models = registered_models(weights / "pretrained.json")
+    assert [(m.name, m.shipped) for m in models] == [("default", True), (f"phantom-{network}", True)]
+    assert verify(models[1]) == target and models[1].network == network
+    assert models[1].training_data.endswith(f"recipe: python train.py experiment=phantom_model model={network}")
+    shipped = SegmentationModule.load_from_checkpoint(target, map_location="cpu", weights_only=True).eval()
+    x = torch.randn(1, 4, 64, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(shipped(x), model.eval()(x), rtol=0, atol=0)

@@ -100,3 +100,12 @@ class WeightsProbe(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         after = list(pl_module.parameters())
         self.changed.append(any(not torch.equal(a, b) for a, b in zip(self.before, after)))
+
+
+class StartProbe(Callback):
+    """Records, when training starts, the epoch, the step, the optimizer's state and the network's weights."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.epoch, self.step = trainer.current_epoch, trainer.global_step
+        self.optimizer_state = {k: dict(v) for k, v in trainer.optimizers[0].state.items()}
+        self.weights = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}

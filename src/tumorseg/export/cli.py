@@ -68,13 +68,15 @@ def run(cfg) -> int:
         raise ExportError(f"dynamic={cfg.dynamic!r}: choose auto, true or false.")
     if OmegaConf.is_missing(cfg, "out") or not cfg.out:
         raise ExportError(f"Give the file to write: out=model{FORMATS[cfg.format]}.")
+    from tumorseg.predict.pretrained import could_be_name, find_model, shipped_model
+
     spec = cfg.ckpt_path
     if spec is None:
-        from tumorseg.predict.pretrained import shipped_model
-
         shipped = shipped_model()
         print(shipped.banner(), flush=True)
         spec = shipped.path
+    elif could_be_name(spec) and (registered := find_model(spec)) is not None:
+        print(registered.banner(), flush=True)
     out = Path(cfg.out).expanduser()
     exported = export_checkpoint(
         spec, out, cfg.format, overwrite=cfg.overwrite, sha256=cfg.ckpt_sha256, allow_http=cfg.allow_http,

@@ -1,14 +1,14 @@
 """Find, download, check and load trained checkpoints.
 
-A checkpoint is named by a local path or an ``https://`` URL (``http://`` only with
-``allow_http=True``). URLs are downloaded once into ``<cache>/checkpoints/`` (``<cache>`` is
-``tumorseg.io.cache_root()``: ``$TUMORSEG_CACHE``, ``$XDG_CACHE_HOME/tumorseg`` or
-``~/.cache/tumorseg``, as for the preprocessing cache), verified, and reused from there without any
-network access. A download cut short is kept as ``<name>.part`` and continued by the next call
-where the server allows it (an HTTP range request). Without a SHA-256 to check against, a loud
-warning prints the file's digest to pin. Checkpoints are read with ``torch.load(weights_only=True)``:
-the module's hyper-parameters are plain data, so no pickled code runs when loading a file from the
-internet.
+A checkpoint is named by a local path, an ``https://`` URL (``http://`` only with
+``allow_http=True``), or the name of a registered model (``tumorseg.predict.pretrained``). URLs are
+downloaded once into ``<cache>/checkpoints/`` (``<cache>`` is ``tumorseg.io.cache_root()``:
+``$TUMORSEG_CACHE``, ``$XDG_CACHE_HOME/tumorseg`` or ``~/.cache/tumorseg``, as for the preprocessing
+cache), verified, and reused from there without any network access. A download cut short is kept
+as ``<name>.part`` and continued by the next call where the server allows it (an HTTP range
+request). Without a SHA-256 to check against, a loud warning prints the file's digest to pin.
+Checkpoints are read with ``torch.load(weights_only=True)``: the module's hyper-parameters are plain
+data, so no pickled code runs when loading a file from the internet.
 
 Example:
     >>> path = resolve_checkpoint("https://example.org/arunet3d.ckpt", sha256="9f86d0...")
@@ -136,7 +136,9 @@ def resolve_checkpoint(
     allow_http: bool = False,
     max_bytes: int = MAX_DOWNLOAD_BYTES,
 ) -> Path:
-    """The local file of a checkpoint, downloading it first when ``spec`` is a URL.
+    """The local file of a checkpoint, downloading it first when ``spec`` is a URL, or the file of the
+    registered model that ``spec`` names (``tumorseg.predict.pretrained``: a shipped file, verified, or a
+    model made on first use) when no file of that name exists.
 
     A URL is downloaded once into ``<cache>/checkpoints/<hash>-<file name>`` (the hash of the URL
     keeps equal file names from different URLs apart) and later calls reuse that file without
@@ -146,7 +148,8 @@ def resolve_checkpoint(
     for one URL (e.g. several processes) wait for each other through a lock file beside it.
 
     Args:
-        spec: a local path, or an ``https://`` URL (``http://`` with ``allow_http``).
+        spec: a local path, an ``https://`` URL (``http://`` with ``allow_http``), or the name of a
+            registered model (``phantom-arunet3d-v2``).
         sha256: expected SHA-256 of the file (hex). When given, the file is verified, whether it
             is local, cached or freshly downloaded. Defaults to None: a URL's file is then not
             verified, and a warning prints its digest to pin.
@@ -169,8 +172,17 @@ def resolve_checkpoint(
     expected = _normalise_digest(sha256) if sha256 is not None else None
     if not _is_url(spec):
         path = Path(spec).expanduser()
+        from tumorseg.predict.pretrained import could_be_name, find_model, model_file, registered_models
+
+        if could_be_name(spec):
+            model = find_model(spec)
+            if model is not None:
+                path = model_file(model)  # verified; a recipe's made first
         if not path.is_file():
             what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+            if could_be_name(spec):
+                names = ", ".join(m.name for m in registered_models())
+                what += f", and no registered model has that name ({names or 'none is registered'})"
             raise FileNotFoundError(f"Checkpoint {str(path)!r} {what}.")
         if expected is not None:
             actual = sha256_file(path)

@@ -212,15 +212,20 @@ def _skipped(problems: list[Problem]) -> dict[str, str]:
 
 def build_predictor(cfg) -> Predictor:
     """The ``Predictor`` of ``predict.py``'s checkpoints (``ckpt_path``, ``ckpt_sha256``; null: the
-    shipped model, verified, whose notice is printed), run by ``backend`` (exports by their own
-    runtime); each test-time option that is null keeps every checkpoint's own setting."""
+    shipped model, verified; registered models by name), run by ``backend`` (exports by their own
+    runtime); each test-time option that is null keeps every checkpoint's own setting. A registered
+    model's notice is printed once."""
+    from tumorseg.predict.pretrained import could_be_name, find_model, shipped_model
+
     specs = [] if OmegaConf.is_missing(cfg, "ckpt_path") else _as_list(cfg.ckpt_path)
     if not specs:
-        from tumorseg.predict.pretrained import shipped_model
-
         shipped = shipped_model()
         print(shipped.banner(), flush=True)  # once per run: the predictor is built once
         specs = [shipped.path]
+    for spec in specs:
+        registered = find_model(spec) if could_be_name(spec) else None
+        if registered is not None:
+            print(registered.banner(), flush=True)
     return Predictor.from_checkpoints(
         specs, _as_list(cfg.get("ckpt_sha256")), progress=cfg.progress, allow_http=cfg.allow_http,
         backend=cfg.get("backend", "torch"), overlap=cfg.overlap,

@@ -107,8 +107,9 @@ def csv_metrics_file(trainer: pl.Trainer) -> Path | None:
 
 class RunRecord(Callback):
     """Writes ``run_info.json`` in the run directory: git commit, package versions, hardware, data
-    fingerprint, the checkpoint resumed from, and the metrics files of earlier runs of this
-    training (so a resumed run still draws its whole history)."""
+    fingerprint, the checkpoint resumed from, where the initial weights came from (``init_from``: the
+    spec, file, SHA-256 and registered name; a resumed run keeps its first run's), and the metrics
+    files of earlier runs of this training (so a resumed run still draws its whole history)."""
 
     def __init__(self):
         self.history: list[str] = []  # metrics.csv files of the runs this one continues
@@ -150,6 +151,7 @@ class RunRecord(Callback):
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "data": data_fingerprint(trainer.datamodule),
             "resumed_from": self.resumed_from,
+            "init_from": getattr(trainer.lightning_module, "init_source", None),
             "previous_metrics": list(self.history),
         }
         return write_atomic(Path(trainer.default_root_dir) / "run_info.json", json.dumps(record, indent=1))

@@ -178,6 +178,8 @@ class SegmentationModule(pl.LightningModule):
         self.nonfinite = {"total": 0, "streak": 0, "epoch": 0}
         self.keep_val_sample = False  # set by callbacks that draw a validation case
         self.val_sample: dict | None = None
+        # where the initial weights came from (init_from; tumorseg.training.init_from), kept in checkpoints
+        self.init_source: dict | None = None
 
     # -- network
 
@@ -335,6 +337,10 @@ class SegmentationModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["nonfinite"] = {k: int(v) for k, v in self.nonfinite.items()}
         checkpoint["regions"] = list(self.label_set.regions)
+        if self.init_source is not None:
+            checkpoint["init_from"] = dict(self.init_source)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite.update(checkpoint.get("nonfinite", {}))
+        # a resumed run's weights descend from what its first run started from
+        self.init_source = checkpoint.get("init_from")

@@ -257,6 +257,20 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, SegmentationModule]:
     return datamodule, model
 
 
+def initial_weights(cfg: DictConfig, model: SegmentationModule, resumed: Path | None) -> None:
+    """``init_from``: the network's weights from a checkpoint, URL or registered model
+    (``tumorseg.training.init_from``), unless the run resumes, whose own weights then continue."""
+    spec = cfg.get("init_from")
+    if not spec:
+        return
+    if resumed is not None:
+        log.info("init_from=%s is not used: the run resumes from %s, whose weights continue it.", spec, resumed)
+        return
+    from tumorseg.training.init_from import load_initial_weights
+
+    load_initial_weights(model, str(spec), cfg.get("init_from_sha256"))
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Fit the configured model on the configured data.
 
@@ -270,6 +284,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     ckpt_path = checkpoint_to_resume(cfg)
 
     datamodule, model = build(cfg)
+    initial_weights(cfg, model, resumed=ckpt_path)
     callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_all(cfg.get("logger"), "logger")
     trainer_cfg = trainer_arguments(cfg.trainer)
