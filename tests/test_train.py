@@ -583,6 +583,28 @@ def test_the_papers_setup_flair_only_softmax4_whole_resized_volumes(tmp_path, da
     assert not values[:, :, :4].any() and not values[:, :, 28:].any()
 
 
+def test_the_papers_training_score_is_one_minus_the_last_batch_loss(tmp_path, data_dir):
+    """train/dice_loss_last_batch: the Dice loss of each epoch's last batch, once per epoch (the paper's
+    training Dice score is 1 minus it); train/dice_loss stays the epoch's mean."""
+    run_dir = tmp_path / "run"
+    overrides = [
+        *tiny_overrides(tmp_path, data_dir, epochs=2, batches=3),
+        "model.labels=softmax4",
+        "model.loss.name=dice",  # the paper's loss: the returned loss is the Dice loss
+        "+callbacks.batch_losses._target_=train_helpers.BatchLosses",
+    ]
+    _, objects = train(make_cfg(overrides, run_dir))
+    losses = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "BatchLosses").losses
+    assert sorted(losses) == [0, 1] and all(len(epoch) == 3 for epoch in losses.values())
+    rows = metrics_rows(run_dir)
+    last = epoch_values(rows, "train/dice_loss_last_batch")
+    assert [r["epoch"] for r in rows if r.get("train/dice_loss_last_batch")] == ["0", "1"]  # once per epoch
+    for epoch, batch_losses in losses.items():
+        assert 1 - last[epoch] == pytest.approx(1 - batch_losses[-1], abs=1e-6)
+        assert epoch_values(rows, "train/dice_loss")[epoch] == pytest.approx(np.mean(batch_losses), abs=1e-6)
+        assert last[epoch] != pytest.approx(np.mean(batch_losses), abs=1e-6)
+
+
 def test_resume_picks_the_newest_run_of_the_same_task_and_fold(tmp_path):
     def fake_run(name: str, task: str, fold: int, age: float) -> Path:
         run = tmp_path / "sweep" / name

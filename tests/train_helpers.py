@@ -100,3 +100,13 @@ class WeightsProbe(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         after = list(pl_module.parameters())
         self.changed.append(any(not torch.equal(a, b) for a, b in zip(self.before, after)))
+
+
+class BatchLosses(Callback):
+    """Records the loss each training batch returned, per epoch."""
+
+    def __init__(self):
+        self.losses: dict[int, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.setdefault(trainer.current_epoch, []).append(float(outputs["loss"]))
