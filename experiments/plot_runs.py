@@ -23,8 +23,14 @@ Written to ``--out``:
 * ``results.md`` (also printed): one row per run with network, label scheme, epochs run, the final
   validation Dice of the regions WT, TC, ET and, where logged (``val/dice_ncr``, ``val/dice_ed``),
   of the classes NCR and ED (ET is both a region and a class), the mean, the best mean and its
-  epoch; ``--reference paper`` adds the column "paper (reported)", the final validation scores the
-  SNPD 2022 paper reports, with a note on how they compare;
+  epoch; ``--reference paper`` adds the paper's own score at the last epoch, 1 - Dice loss on
+  validation (``val/dice_loss``) and on the epoch's last training batch
+  (``train/dice_loss_last_batch``), and the column "paper (reported)", the final validation scores
+  the SNPD 2022 paper reports, with a note on how they compare;
+* with ``--reference paper``, ``<name>_paper.png`` per run: the paper's figure (``paper_figure``),
+  Dice loss and the paper's Dice score (1 - Dice loss) per epoch, training (the epoch's last batch,
+  as the paper drew it, and the epoch mean) and validation, with the BraTS region Dice of the
+  validation cases beside them;
 * ``results.json``: the same numbers, unrounded (non-finite values as null).
 
 ``--title T`` titles the comparison figure and the table, and heads each run figure's title.
@@ -62,8 +68,9 @@ PAPER_SCORES = {"arunet3d": 0.6488, "linknet3d": 0.6485, "pspnet3d": 0.6501}
 PAPER_COLUMN = "paper (reported)"
 PAPER_NOTE = (
     f'{PAPER_COLUMN}: the final validation score reported in the SNPD 2022 paper "{PAPER_TITLE}". It is the '
-    "paper's Keras Dice coefficient on the paper's own validation split, so the numbers are comparable in kind "
-    "to the mean Dice here, not identical in definition."
+    "paper's Keras Dice coefficient (1 - its soft Dice loss over the 4 classes) on the paper's own validation split, "
+    "so the numbers are comparable in kind to the 1 - Dice loss columns here, not identical in definition (other "
+    "data, split and scale); the mean over WT, TC and ET is the stricter BraTS measure."
 )
 REFERENCES = {
     "paper": {
@@ -77,6 +84,12 @@ REFERENCES = {
 REGIONS = tuple(REGION_NAMES.items())
 CLASSES = tuple((c, CLASS_NAMES[c]) for c in ("ncr", "ed"))  # the ET class is the ET region
 LOSS_KEYS = ("train/dice_loss", "val/dice_loss", "train/dice_mean", "val/dice_mean")  # plot_loss_score's series
+# the Dice loss of each epoch's last training batch (SegmentationModule): the paper's training curve is 1 minus it
+LAST_BATCH_KEY = "train/dice_loss_last_batch"
+PAPER_SCORE_COLUMNS = {
+    "val_dice_score": "1 - Dice loss, val",
+    "train_dice_score_last_batch": "1 - Dice loss, train last batch",
+}
 
 
 class RunError(Exception):
@@ -133,9 +146,9 @@ def load_run(run_dir: str | Path) -> Run:
     where = ", ".join(str(p) for p in read)
     if not history:
         raise RunError(f"{path}: no metrics: nothing logged in {where}.")
-    if not any(history.get(key) or history.get(f"{key}_epoch") for key in LOSS_KEYS):
+    if not any(history.get(key) or history.get(f"{key}_epoch") for key in (*LOSS_KEYS, LAST_BATCH_KEY)):
         raise RunError(
-            f"{path}: no Dice loss or Dice score ({', '.join(LOSS_KEYS)}) in {where}; "
+            f"{path}: no Dice loss or Dice score ({', '.join((*LOSS_KEYS, LAST_BATCH_KEY))}) in {where}; "
             f"metrics found: {', '.join(sorted(history))}."
         )
     model = config.get("model") if isinstance(config.get("model"), dict) else {}
@@ -224,6 +237,10 @@ def _last(values: dict[int, float]) -> float | None:
     return values[max(values)] if values else None
 
 
+def _one_minus(value: float | None) -> float | None:
+    return None if value is None else 1.0 - value
+
+
 def summarize(run: Run, reference: str | None = None) -> dict[str, Any]:
     """The numbers of a run's row: final validation Dice, best mean and its epoch, epochs run."""
     mean = run.series("val/dice_mean")
@@ -247,9 +264,13 @@ def summarize(run: Run, reference: str | None = None) -> dict[str, Any]:
         "final_epoch": max(mean) if mean else None,
         "final": final,
         "final_val_dice_loss": _finite(_last(run.series("val/dice_loss"))),
+        "final_train_dice_loss_last_batch": _finite(_last(run.series(LAST_BATCH_KEY))),
         "best_mean": finite_means[best_epoch] if best_epoch is not None else None,
         "best_epoch": best_epoch,
     }
+    # the paper's score: the soft Dice over the classes (softmax4: with the background), 1 - Dice loss
+    summary["final_val_dice_score"] = _one_minus(summary["final_val_dice_loss"])
+    summary["final_train_dice_score_last_batch"] = _one_minus(summary["final_train_dice_loss_last_batch"])
     if reference is not None:
         summary["paper_reported"] = REFERENCES[reference]["scores"].get((run.network or "").lower())
     return summary
@@ -261,7 +282,7 @@ def results_table(summaries: Sequence[dict[str, Any]], reference: str | None = N
     header = ["run", "network", "labels", "epochs", *(name for _, name in REGIONS), *(name for _, name in classes)]
     header += ["mean", "best mean", "best epoch"]
     if reference is not None:
-        header.append(REFERENCES[reference]["column"])
+        header += [*PAPER_SCORE_COLUMNS.values(), REFERENCES[reference]["column"]]
     lines = [f"# {title}", ""] if title else []
     lines += [_row(header), _row(["---"] * 3 + ["---:"] * (len(header) - 3))]
     for s in summaries:
@@ -270,6 +291,7 @@ def results_table(summaries: Sequence[dict[str, Any]], reference: str | None = N
         cells += [_number(s["final"][key]) for key, _ in (*REGIONS, *classes)]
         cells += [_number(s["final"]["mean"]), _number(s["best_mean"]), _number(s["best_epoch"])]
         if reference is not None:
+            cells += [_number(s[f"final_{key}"]) for key in PAPER_SCORE_COLUMNS]
             cells.append(_number(s["paper_reported"]))
         lines.append(_row(cells))
     named_classes = " and ".join(name for _, name in classes)
@@ -281,7 +303,14 @@ def results_table(summaries: Sequence[dict[str, Any]], reference: str | None = N
         "(of trainer.max_epochs); -: not logged.",
     ]
     if reference is not None:
-        lines += ["", REFERENCES[reference]["note"]]
+        lines += [
+            "",
+            f"{' and '.join(PAPER_SCORE_COLUMNS.values())}: the paper's score at the last epoch, the soft Dice "
+            "averaged over the classes (softmax4: background, NCR, ED, ET), on the validation cases and on the "
+            "epoch's last training batch (the training curve the paper drew).",
+            "",
+            REFERENCES[reference]["note"],
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -331,6 +360,61 @@ def comparison_figure(runs: Sequence[Run], out_path: str | Path, *, title: str |
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
     fig.suptitle(title or "Validation Dice loss and mean Dice per epoch")
+    return save_figure(fig, out_path)
+
+
+def paper_curves(run: Run) -> dict[str, dict[str, tuple[dict[int, float], str]]]:
+    """What ``paper_figure`` draws: panel title -> legend -> ({epoch: value}, style).
+
+    Training as the paper drew it, the Dice loss of the epoch's last batch
+    (``train/dice_loss_last_batch``), with the epoch's mean (``train/dice_loss``) beside it;
+    validation, the mean over the validation cases (``val/dice_loss``); the Dice score is 1 minus
+    each. The third panel holds the validation Dice of the regions WT, TC, ET and their mean.
+    Series a run did not log are left out (runs from before ``train/dice_loss_last_batch`` existed
+    have the epoch mean only).
+    """
+    losses = {
+        "train (last batch)": (run.series(LAST_BATCH_KEY), "main"),
+        "train (epoch mean)": (run.series("train/dice_loss"), "thin"),
+        "val": (run.series("val/dice_loss"), "main"),
+    }
+    scores = {label: ({e: 1.0 - v for e, v in values.items()}, style) for label, (values, style) in losses.items()}
+    regions = {f"val {name}": (run.series(f"val/dice_{key}"), "thin") for key, name in REGIONS}
+    regions["val mean (WT, TC, ET)"] = (run.series("val/dice_mean"), "main")
+    panels = {"Dice loss": losses, "Dice score (1 - Dice loss)": scores, "BraTS region Dice (validation)": regions}
+    return {panel: {label: line for label, line in lines.items() if line[0]} for panel, lines in panels.items()}
+
+
+def paper_figure(run: Run, out_path: str | Path, *, title: str | None = None) -> Path:
+    """The paper's figure of one run (``paper_curves``): Dice loss, the paper's Dice score
+    (1 - Dice loss) and the BraTS region Dice per epoch, side by side."""
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    colours = {"train": "C0", "val": "C1", "val WT": "C2", "val TC": "C3", "val ET": "C4"}
+    for ax, (panel, lines) in zip(fig.subplots(1, 3), paper_curves(run).items()):
+        for label, (values, style) in lines.items():
+            epochs = sorted(values)
+            thin = style == "thin"
+            ax.plot(
+                epochs,
+                [values[e] for e in epochs],
+                "--" if thin else "-",
+                marker="." if thin else "o",
+                markersize=3 if thin else 4,
+                linewidth=0.9 if thin else 1.8,
+                color=colours.get(label.split(" (")[0], "C1"),
+                label=label,
+            )
+        ax.set_title(panel)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(panel.split(" (")[0])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(True, alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    fig.suptitle(title or run.label)
     return save_figure(fig, out_path)
 
 
@@ -398,6 +482,10 @@ def plot_runs(
     summaries = [summarize(run, reference) for run in runs]
     for summary, figure in zip(summaries, figures):
         summary["figure"] = str(figure)
+    if reference == "paper":
+        for run, summary in zip(runs, summaries):
+            run_title = f"{title}: {run.label}" if title else run.label
+            summary["paper_figure"] = str(paper_figure(run, out / f"{run.name}_paper.png", title=run_title))
     markdown = results_table(summaries, reference, title)
     results: dict[str, Any] = {
         "title": title,
@@ -440,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 1
     print(results["markdown"], end="")
-    print(f"\nFigures: {', '.join(run['figure'] for run in results['runs'])}, {results['comparison']}")
+    figures = [path for run in results["runs"] for path in (run["figure"], run.get("paper_figure")) if path]
+    print(f"\nFigures: {', '.join(figures)}, {results['comparison']}")
     print(f"Tables: {results['table']}, {Path(args.out) / 'results.json'}")
     return 0
 

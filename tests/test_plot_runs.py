@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "experiments") not in sys.path:
     sys.path.insert(0, str(REPO / "experiments"))
 
-from plot_runs import PAPER_SCORES, main  # noqa: E402
+from plot_runs import PAPER_SCORES, load_run, main, paper_curves  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS_PER_EPOCH = 8
@@ -40,9 +40,14 @@ def val_metrics(mean: float, *, classes: bool = False, offset: float = 0.0) -> d
     return values
 
 
-def train_metrics(epoch: int) -> dict[str, float]:
+def last_batch_dice_loss(epoch: int) -> float:
+    """``train/dice_loss_last_batch`` of the hand-made runs that log it: off the epoch mean, noisy."""
+    return 0.8 - 0.0712345 * epoch + (0.0456789 if epoch % 2 else -0.0321987)
+
+
+def train_metrics(epoch: int, last_batch: bool = False) -> dict[str, float]:
     mean = 0.2 + 0.0912345 * epoch
-    return {
+    values = {
         "train/dice_mean": mean,
         "train/dice_wt": mean + 0.05,
         "train/dice_tc": mean,
@@ -50,17 +55,21 @@ def train_metrics(epoch: int) -> dict[str, float]:
         "train/dice_loss": 1 - mean,
         "train/loss": 1.5 - mean,
     }
+    if last_batch:
+        values["train/dice_loss_last_batch"] = last_batch_dice_loss(epoch)
+    return values
 
 
-def write_metrics_csv(path: Path, epochs: dict[int, dict[str, float]]) -> Path:
+def write_metrics_csv(path: Path, epochs: dict[int, dict[str, float]], last_batch: bool = False) -> Path:
     """A metrics.csv as Lightning's CSVLogger writes it: alphabetical columns, sparse rows, the
-    learning-rate rows without an epoch, the validation row before the train one of an epoch."""
+    learning-rate rows without an epoch, the validation row before the train one of an epoch;
+    ``last_batch``: with ``train/dice_loss_last_batch``, as runs since it exists log it."""
     rows = []
     for epoch, val in epochs.items():
         step = (epoch + 1) * STEPS_PER_EPOCH - 1
         rows.append({"lr-AdamW": 0.01 * 0.9**epoch, "step": epoch * STEPS_PER_EPOCH})
         rows.append({"epoch": epoch, "step": step, **val})
-        rows.append({"epoch": epoch, "step": step, **train_metrics(epoch)})
+        rows.append({"epoch": epoch, "step": step, **train_metrics(epoch, last_batch)})
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=sorted({key for row in rows for key in row}), restval="")
@@ -92,7 +101,7 @@ ARUNET = {e: val_metrics(m) for e, m in enumerate([0.21, 0.43, 0.55, 0.612345678
 # is logged in both files: the resumed run's value must win (the first attempt's 0.95 would be the best)
 LINKNET_FIRST = {e: val_metrics(m) for e, m in enumerate([0.2, 0.35, 0.47, 0.95])}
 LINKNET_RESUMED = {e: val_metrics(m) for e, m in zip(range(3, 7), [0.5, 0.62, 0.6678901234, 0.64])}
-# pspnet3d: the paper's softmax scheme with the per-class Dice too
+# pspnet3d: the paper's softmax scheme with the per-class Dice too, and the last batch's Dice loss
 PSPNET = {e: val_metrics(m, classes=True) for e, m in enumerate([0.3, 0.45, 0.7012345678, 0.66, 0.69])}
 
 
@@ -114,7 +123,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
     pspnet = root / "brats_pspnet3d/runs/2026-01-04_10-00-00"
     write_config(pspnet, "brats_pspnet3d", "pspnet3d", labels="softmax4", max_epochs=5)
-    write_metrics_csv(pspnet / "csv/metrics.csv", PSPNET)
+    write_metrics_csv(pspnet / "csv/metrics.csv", PSPNET, last_batch=True)
     return {"arunet3d": arunet, "linknet3d": linknet, "pspnet3d": pspnet}
 
 
@@ -131,9 +140,9 @@ def table_rows(markdown: str) -> list[dict[str, str]]:
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
 
 
-def assert_png(path: Path) -> None:
+def assert_png(path: Path, width: int = 1320) -> None:
     assert path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
-    assert imread(path).shape[:2] == (504, 1320)  # 11 x 4.2 inches at 120 dpi
+    assert imread(path).shape[:2] == (504, width)  # 11 (the paper's figure: 15) x 4.2 inches at 120 dpi
 
 
 def expected(epochs: dict[int, dict[str, float]]) -> dict:
@@ -203,6 +212,12 @@ def test_figures_table_and_json(runs, tmp_path, capsys):
     assert summaries["pspnet3d"]["final"]["ncr"] == PSPNET[4]["val/dice_ncr"]
     assert rows["arunet3d"]["NCR"] == rows["linknet3d"]["ED"] == "-"
     assert summaries["arunet3d"]["final"]["ncr"] is None
+    # the paper's score in results.json; its columns and figures come with --reference paper only
+    assert summaries["pspnet3d"]["final_train_dice_loss_last_batch"] == last_batch_dice_loss(4)
+    assert summaries["pspnet3d"]["final_train_dice_score_last_batch"] == 1 - last_batch_dice_loss(4)
+    assert summaries["pspnet3d"]["final_val_dice_score"] == 1 - PSPNET[4]["val/dice_loss"]
+    assert summaries["arunet3d"]["final_train_dice_loss_last_batch"] is None
+    assert "1 - Dice loss, val" not in rows["pspnet3d"] and "paper_figure" not in summaries["pspnet3d"]
 
 
 def test_reference_paper_column(runs, tmp_path, capsys):
@@ -223,6 +238,35 @@ def test_reference_paper_column(runs, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert {run["network"]: run["paper_reported"] for run in results["runs"]} == PAPER_SCORES
     assert results["reference"]["scores"] == PAPER_SCORES and "SNPD 2022" in results["reference"]["venue"]
+
+    # the paper's own score beside it: 1 - Dice loss at the last epoch, validation and the last training batch
+    finals = {"arunet3d": ARUNET[5], "linknet3d": LINKNET_RESUMED[6], "pspnet3d": PSPNET[4]}
+    for network, row in rows.items():
+        assert row["1 - Dice loss, val"] == f"{1 - finals[network]['val/dice_loss']:.4f}"
+    assert rows["pspnet3d"]["1 - Dice loss, train last batch"] == f"{1 - last_batch_dice_loss(4):.4f}"
+    assert rows["arunet3d"]["1 - Dice loss, train last batch"] == "-"  # a run from before the metric existed
+    assert "the training curve the paper drew" in markdown
+    # and the paper's figure per network
+    for run in results["runs"]:
+        assert run["paper_figure"] == str(out / f"{run['name']}_paper.png")
+        assert_png(Path(run["paper_figure"]), width=1800)
+        assert run["paper_figure"] in stdout
+
+
+def test_paper_figure_draws_one_minus_the_last_batch_loss(runs):
+    curves = paper_curves(load_run(runs["pspnet3d"]))
+    assert list(curves) == ["Dice loss", "Dice score (1 - Dice loss)", "BraTS region Dice (validation)"]
+    epochs = range(len(PSPNET))
+    loss, score, regions = curves.values()
+    assert loss["train (last batch)"] == ({e: last_batch_dice_loss(e) for e in epochs}, "main")
+    assert score["train (last batch)"] == ({e: 1 - last_batch_dice_loss(e) for e in epochs}, "main")
+    assert score["train (epoch mean)"] == ({e: 1 - train_metrics(e)["train/dice_loss"] for e in epochs}, "thin")
+    assert score["val"] == ({e: 1 - PSPNET[e]["val/dice_loss"] for e in epochs}, "main")
+    assert list(regions) == ["val WT", "val TC", "val ET", "val mean (WT, TC, ET)"]
+    assert regions["val ET"][0] == {e: PSPNET[e]["val/dice_et"] for e in epochs}
+    # a run without the metric: the epoch mean and validation only
+    older = paper_curves(load_run(runs["arunet3d"]))
+    assert list(older["Dice score (1 - Dice loss)"]) == ["train (epoch mean)", "val"]
 
 
 def test_wandb_without_a_csv_log_is_an_error(tmp_path, capsys):

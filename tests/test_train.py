@@ -103,9 +103,12 @@ def test_every_group_option_and_experiment_composes(tmp_path):
 
 @pytest.mark.parametrize("net", ["arunet3d", "linknet3d", "pspnet3d"])
 def test_scaled_paper_experiment_keeps_the_published_protocol(tmp_path, net):
-    """paper_cpu_<net> changes only the scale (data, image size, widths, epochs, learning rate)."""
+    """paper_cpu_<net> changes only the scale (data, image size, widths, epochs, learning rate), on the
+    phantoms and, with data=brats, on real scans."""
     paper = make_cfg([f"experiment=paper_{net}", "data.root=/x"], tmp_path)
     scaled = make_cfg([f"experiment=paper_cpu_{net}"], tmp_path)
+    real_data = ["data=brats", "data.root=/x", f"data.split_file={ROOT / 'experiments/brats_cpu/splits_brats18.json'}"]
+    real = make_cfg([f"experiment=paper_cpu_{net}", *real_data, "data.fold=0"], tmp_path)
     same = [
         ("data", "preprocess", "modalities"), ("data", "preprocess", "slices"), ("data", "preprocess", "crop"),
         ("data", "batch_size"), ("data", "samples_per_volume"), ("data", "sampler"), ("data", "augmentation"),
@@ -113,15 +116,35 @@ def test_scaled_paper_experiment_keeps_the_published_protocol(tmp_path, net):
         ("model", "scheduler"), ("model", "network", "name"), ("model", "network", "norm"),
         ("model", "network", "full_resolution"), ("inference", "overlap"), ("trainer", "precision"),
     ]  # fmt: skip
-    for keys in same:
-        assert OmegaConf.select(scaled, ".".join(keys)) == OmegaConf.select(paper, ".".join(keys)), keys
-    assert list(scaled.data.preprocess.modalities) == ["flair"] and scaled.model.labels == "softmax4"
-    assert scaled.model.optimizer.name == "rmsprop" and scaled.model.network.norm == "batch"
-    assert scaled.data._target_.endswith("SyntheticDataModule") and scaled.trainer.accelerator == "cpu"
-    edge = scaled.data.preprocess.in_plane[0]
-    assert list(scaled.data.patch_size) == list(scaled.inference.roi_size) == [edge, edge, 64]
-    assert scaled.model.optimizer.lr == 1e-3  # the published 1e-4 (LinkNet: 1e-5) scaled to ~1/50 of the steps
-    assert scaled.model.network.preset == "light" and scaled.trainer.max_epochs == 40
+    for cfg in (scaled, real):
+        for keys in same:
+            assert OmegaConf.select(cfg, ".".join(keys)) == OmegaConf.select(paper, ".".join(keys)), keys
+        assert list(cfg.data.preprocess.modalities) == ["flair"] and cfg.model.labels == "softmax4"
+        assert cfg.model.optimizer.name == "rmsprop" and cfg.model.network.norm == "batch"
+        assert cfg.model.loss.name == "dice" and cfg.trainer.accelerator == "cpu"
+        edge = cfg.data.preprocess.in_plane[0]
+        assert edge == (64 if net == "linknet3d" else 32)
+        assert list(cfg.data.patch_size) == list(cfg.inference.roi_size) == [edge, edge, 64]
+        assert cfg.model.optimizer.lr == 1e-3  # the published 1e-4 (LinkNet: 1e-5) scaled to ~1/50 of the steps
+        assert cfg.model.network.preset == "light"
+    # the phantoms, as before the data settings moved to conf/data/synthetic_paper.yaml
+    assert scaled.data._target_.endswith("SyntheticDataModule") and scaled.trainer.max_epochs == 40
+    assert scaled.data.cases == 24 and list(scaled.data.shape) == [96, 96, 155]
+    assert (scaled.data.split, scaled.data.num_folds, scaled.data.fold) == ("kfold", 4, 0)
+    # real scans: the data config of BratsDataModule, none of the phantoms' keys, the epochs set for real scans
+    assert real.data._target_ == "tumorseg.data.datamodule.BratsDataModule"
+    assert not {"cases", "shape", "data_seed"} & set(real.data)
+    datamodule = instantiate(real.data)  # every key is one of its arguments
+    assert datamodule.split_file == real_data[-1].split("=", 1)[1] and datamodule.num_workers == 1
+    assert real.trainer.max_epochs == {"arunet3d": 60, "linknet3d": 150, "pspnet3d": 100}[net]
+    # and nothing else differs from the phantoms' run but where the data comes from
+    phantoms, scans = (OmegaConf.to_container(cfg) for cfg in (scaled, real))
+    for cfg in (phantoms, scans):
+        del cfg["trainer"]["max_epochs"]
+        for key in ("_target_", "root", "cache_dir", "cases", "shape", "data_seed", "split_file", "layout",
+                    "convention", "foreground_share"):  # fmt: skip
+            cfg["data"].pop(key, None)
+    assert phantoms == scans
 
 
 def test_monitored_metric_is_named_once(tmp_path):
@@ -558,6 +581,28 @@ def test_the_papers_setup_flair_only_softmax4_whole_resized_volumes(tmp_path, da
     assert seg.shape == (48, 40, 32)
     values = np.asarray(seg.dataobj)
     assert not values[:, :, :4].any() and not values[:, :, 28:].any()
+
+
+def test_the_papers_training_score_is_one_minus_the_last_batch_loss(tmp_path, data_dir):
+    """train/dice_loss_last_batch: the Dice loss of each epoch's last batch, once per epoch (the paper's
+    training Dice score is 1 minus it); train/dice_loss stays the epoch's mean."""
+    run_dir = tmp_path / "run"
+    overrides = [
+        *tiny_overrides(tmp_path, data_dir, epochs=2, batches=3),
+        "model.labels=softmax4",
+        "model.loss.name=dice",  # the paper's loss: the returned loss is the Dice loss
+        "+callbacks.batch_losses._target_=train_helpers.BatchLosses",
+    ]
+    _, objects = train(make_cfg(overrides, run_dir))
+    losses = next(c for c in objects["trainer"].callbacks if type(c).__name__ == "BatchLosses").losses
+    assert sorted(losses) == [0, 1] and all(len(epoch) == 3 for epoch in losses.values())
+    rows = metrics_rows(run_dir)
+    last = epoch_values(rows, "train/dice_loss_last_batch")
+    assert [r["epoch"] for r in rows if r.get("train/dice_loss_last_batch")] == ["0", "1"]  # once per epoch
+    for epoch, batch_losses in losses.items():
+        assert 1 - last[epoch] == pytest.approx(1 - batch_losses[-1], abs=1e-6)
+        assert epoch_values(rows, "train/dice_loss")[epoch] == pytest.approx(np.mean(batch_losses), abs=1e-6)
+        assert last[epoch] != pytest.approx(np.mean(batch_losses), abs=1e-6)
 
 
 def test_resume_picks_the_newest_run_of_the_same_task_and_fold(tmp_path):

@@ -109,3 +109,13 @@ class StartProbe(Callback):
         self.epoch, self.step = trainer.current_epoch, trainer.global_step
         self.optimizer_state = {k: dict(v) for k, v in trainer.optimizers[0].state.items()}
         self.weights = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+
+
+class BatchLosses(Callback):
+    """Records the loss each training batch returned, per epoch."""
+
+    def __init__(self):
+        self.losses: dict[int, list[float]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.setdefault(trainer.current_epoch, []).append(float(outputs["loss"]))

@@ -1,6 +1,9 @@
-"""The paper's figures for runs of the paper experiments: per network, Dice loss and Dice score per
-epoch (training and validation), one comparison figure of the three, and a table of the final
-validation Dice next to the paper's reported scores. Usage:
+"""The paper's figures for runs of the paper experiments: per network, the paper's figure
+(``<name>_paper.png``: Dice loss and the paper's Dice score, 1 - Dice loss, per epoch, training on the
+epoch's last batch as the paper drew it and validation, with the BraTS region Dice beside them) and
+the project's loss/score figure, one comparison figure of the three, and a table of the final
+validation Dice and the paper's score next to the paper's reported scores (plot_runs.py with
+``--reference paper``). Usage:
 
     python experiments/paper/plot.py RUN_DIR [RUN_DIR ...] --out DIR [--title T]
 

@@ -170,6 +170,9 @@ class SegmentationModule(pl.LightningModule):
         self._compiled = False
 
         self.train_loss, self.train_dice_loss = MeanMetric(), MeanMetric()
+        # the Dice loss of the epoch's last training batch, logged as train/dice_loss_last_batch: the
+        # paper's training "Dice score" per epoch is 1 minus it (train/dice_loss is the epoch's mean)
+        self.last_batch_dice_loss: torch.Tensor | None = None
         self.val_loss, self.val_dice_loss = MeanMetric(), MeanMetric()
         self.train_dice = RegionDice(per_case=False, labels=self.label_set)
         self.val_dice = RegionDice(per_case=True, labels=self.label_set)
@@ -247,6 +250,7 @@ class SegmentationModule(pl.LightningModule):
             return None  # Lightning then skips backward and the optimizer step
         self.train_loss.update(loss.detach())
         self.train_dice_loss.update(parts["dice"].detach())
+        self.last_batch_dice_loss = parts["dice"].detach()
         with torch.no_grad():
             self.train_dice.update(self._to_labels(probabilities(out.detach(), self.scheme)), label)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=image.shape[0])
@@ -257,11 +261,14 @@ class SegmentationModule(pl.LightningModule):
         values = {f"train/dice_{k}": v for k, v in dice.items()}
         values["train/loss"] = self.train_loss.compute()
         values["train/dice_loss"] = self.train_dice_loss.compute()
+        if self.last_batch_dice_loss is not None:  # none when every step of the epoch was skipped
+            values["train/dice_loss_last_batch"] = self.last_batch_dice_loss
         values["train/nonfinite_steps"] = float(self.nonfinite["epoch"])  # a number: logged on the device
         self.log_dict(values, sync_dist=True)
         for metric in (self.train_dice, self.train_loss, self.train_dice_loss):
             metric.reset()
         self.nonfinite["epoch"] = 0
+        self.last_batch_dice_loss = None
 
     # -- validation
 
