@@ -281,7 +281,9 @@ def load_predictor(args: argparse.Namespace) -> tuple[Predictor | None, object, 
         print(shipped.banner(), flush=True)
         specs = [shipped.path]
     started = time.perf_counter()
-    predictor = Predictor.from_checkpoints(specs, overlap=args.overlap, mirror=args.mirror, device=args.device)
+    predictor = Predictor.from_checkpoints(
+        specs, overlap=args.overlap, mirror=args.mirror, wt_min_fraction=args.wt_min_fraction, device=args.device
+    )
     print(f"Loaded {len(specs)} model(s) in {time.perf_counter() - started:.1f} s, on {predictor.device}:")
     for line in predictor.describe():
         print(f"  {line}")
@@ -483,11 +485,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mirror", type=on_off, help="the 8-flip test-time augmentation, on or off. Default: each checkpoint's"
     )
+    parser.add_argument(
+        "--wt-min-fraction", type=float, metavar="F",
+        help="remove pieces of tumour smaller than F of the largest (0: none, 1: keep the largest). Default: each "
+        "checkpoint's",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda:1, ...")
     add_debug_option(parser)
     args = parser.parse_args(argv)
-    if args.baseline_only and (args.ckpt or args.overlap is not None or args.mirror is not None):
-        parser.error("--baseline-only runs no model: leave out --ckpt, --overlap and --mirror")
+    model_options = (args.overlap, args.mirror, args.wt_min_fraction)
+    if args.baseline_only and (args.ckpt or any(option is not None for option in model_options)):
+        parser.error("--baseline-only runs no model: leave out --ckpt, --overlap, --mirror and --wt-min-fraction")
     return run_command(lambda: measure(args), debug=args.debug)
 
 

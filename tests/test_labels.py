@@ -14,6 +14,7 @@ from tumorseg.labels import (
     paint_regions,
     postprocess,
     region_probabilities,
+    remove_small_pieces,
     to_classes,
     to_regions,
     volumes_cm3,
@@ -97,3 +98,22 @@ def test_volumes_cm3():
     volumes = volumes_cm3(label, (2.0, 1.0, 0.5))  # 1 mm^3 voxels
     assert list(volumes) == [f"{region}_cm3" for region in REGIONS]
     assert volumes == pytest.approx({"wt_cm3": 0.4, "tc_cm3": 0.2, "et_cm3": 0.1})
+
+
+def test_remove_small_pieces_keeps_pieces_by_their_share_of_the_largest():
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[2:8, 2:8, 2:8] = 2  # the largest piece, 216 voxels
+    label[4:6, 4:6, 4:6] = 3
+    label[12:16, 12:16, 12:15] = 1  # 48 voxels: 0.22 of the largest
+    label[18, 18, 18] = 3  # 1 voxel
+    label[8, 8, 8] = 2  # touches the largest by a corner only: the same piece (26-connected)
+    kept, removed = remove_small_pieces(label, 0.1)
+    expected = label.copy()
+    expected[18, 18, 18] = 0
+    assert removed == 1 and np.array_equal(kept, expected)
+    assert remove_small_pieces(label, 0.0) == (label, 0)  # off
+    largest, removed = remove_small_pieces(label, 1.0)
+    assert removed == 2 and int((largest > 0).sum()) == 217  # the largest piece only, its labels unchanged
+    assert np.array_equal(largest[:10, :10, :10], label[:10, :10, :10])
+    one = np.zeros((4, 4, 4), np.uint8)
+    assert remove_small_pieces(one, 1.0)[1] == 0  # no tumour

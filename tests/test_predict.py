@@ -190,6 +190,34 @@ def test_ensemble_averages_probabilities_and_postprocessing(tmp_path):
     assert postprocess(label, 3)[0].tolist() == [0, 1, 1, 2] and postprocess(label, 2)[0].tolist() == [0, 3, 3, 2]
 
 
+def test_small_pieces_of_tumour_are_removed_by_their_share_of_the_largest(tmp_path):
+    from tumorseg.predict.checkpoints import load_model
+
+    data = tmp_path / "data"
+    (case_id,) = write_dataset(data, "brats2020", 1, shape=SHAPE)
+    ckpt = voxelwise_stand_in(tmp_path / "voxelwise.ckpt")
+    write_pattern(data, "brats2020", case_id, 0)
+    flair = data / case_id / f"{case_id}_flair.nii.gz"
+    image = nib.load(flair)
+    values = np.asarray(image.dataobj).copy()
+    values[5:8, 6:9, 5:8] = LEVELS[0]  # healthy brain around one voxel of enhancing tumour: a piece of its own
+    values[6, 7, 6] = LEVELS[3]
+    write_nifti(flair, values, image.affine)
+    outputs = {}
+    for fraction in ("0", "1"):
+        out = tmp_path / f"seg{fraction}"
+        cfg = predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", "evaluate=false",
+                          f"wt_min_fraction={fraction}")  # fmt: skip
+        assert run(cfg) == 0
+        outputs[fraction] = np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj)
+    assert outputs["0"][6, 7, 6] == 4 and outputs["1"][6, 7, 6] == 0  # BraTS 2020's ET is 4
+    changed = np.argwhere(outputs["0"] != outputs["1"])
+    assert changed.tolist() == [[6, 7, 6]]
+    assert Predictor([load_model(ckpt)]).wt_min_fraction == 0.0  # the checkpoint's: none recorded
+    with pytest.raises(PredictionError, match="wt_min_fraction"):
+        Predictor([load_model(ckpt)], wt_min_fraction=1.5)
+
+
 def test_outputs_are_kept_unless_overwrite_and_references_are_evaluated(tmp_path):
     data = tmp_path / "data"
     ids = write_dataset(data, "brats2021", 2, shape=SHAPE)

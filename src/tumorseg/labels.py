@@ -363,6 +363,33 @@ def region_probabilities(probs: torch.Tensor, scheme: str, label_set: LabelSet |
     return _backend(probs).stack(sums)
 
 
+def remove_small_pieces(label: np.ndarray, min_fraction: float) -> tuple[np.ndarray, int]:
+    """Set to background every piece of tumour (26-connected component of the labelled voxels)
+    smaller than ``min_fraction`` of the largest piece: 1.0 keeps the largest only, 0 nothing.
+
+    A segmentation network's far false positives are small stray pieces (bright dura, vessels);
+    a second focus of a multifocal glioma is usually a sizeable fraction of the first.
+
+    Returns:
+        The label map (a copy when changed) and the number of pieces removed.
+    """
+    if min_fraction <= 0:
+        return label, 0
+    from scipy import ndimage
+
+    pieces, count = ndimage.label(label > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    if count < 2:
+        return label, 0
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    small = np.flatnonzero((sizes > 0) & (sizes < min_fraction * sizes.max()))
+    if not len(small):
+        return label, 0
+    label = label.copy()
+    label[np.isin(pieces, small)] = 0
+    return label, len(small)
+
+
 def postprocess(label: np.ndarray, et_min_voxels: int) -> tuple[np.ndarray, bool]:
     """Relabel all enhancing tumour as necrosis (NCR) when there is less of it than ``et_min_voxels``.
 

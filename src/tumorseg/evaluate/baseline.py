@@ -17,7 +17,6 @@ THRESHOLD = 1.5
 """The z-score of the FLAIR over the brain above which a voxel is tumour (fixed, never tuned)."""
 
 
-
 def flair_threshold(flair: np.ndarray, brain: np.ndarray | None = None, threshold: float = THRESHOLD) -> np.ndarray:
     """The FLAIR-threshold baseline's whole-tumour mask of one case.
 

@@ -229,7 +229,8 @@ def build_predictor(cfg) -> Predictor:
     return Predictor.from_checkpoints(
         specs, _as_list(cfg.get("ckpt_sha256")), progress=cfg.progress, allow_http=cfg.allow_http,
         backend=cfg.get("backend", "torch"), overlap=cfg.overlap,
-        sw_batch_size=cfg.sw_batch_size, mirror=cfg.mirror, et_min_voxels=cfg.et_min_voxels, bf16=cfg.bf16,
+        sw_batch_size=cfg.sw_batch_size, mirror=cfg.mirror, et_min_voxels=cfg.et_min_voxels,
+        wt_min_fraction=cfg.wt_min_fraction, bf16=cfg.bf16,
         device=cfg.device,
     )  # fmt: skip
 

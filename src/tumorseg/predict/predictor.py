@@ -39,9 +39,9 @@ from tumorseg.data.layouts import Volume
 from tumorseg.export.runtime import ExportedNetwork, OnnxNetwork
 from tumorseg.inference.schemes import probabilities, to_labels
 from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
-from tumorseg.labels import BRATS2023, MODALITIES, LabelSet, postprocess, region_probabilities
+from tumorseg.labels import BRATS2023, MODALITIES, LabelSet, postprocess, region_probabilities, remove_small_pieces
 from tumorseg.predict.cases import InputCase, PredictionError, read_case
-from tumorseg.training.module import TEST_TIME_DEFAULTS, SegmentationModule
+from tumorseg.training.module import TEST_TIME_DEFAULTS, SegmentationModule, check_fraction
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,9 @@ class Predictor:
         mirror: average over the 8 mirrorings, for every model. Defaults to None (each model's).
         et_min_voxels: enhancing tumour under this many voxels becomes necrosis (0: never).
             Defaults to None: the models' setting, which must then agree.
+        wt_min_fraction: pieces of tumour (26-connected) smaller than this fraction of the
+            largest are removed (0: none; 1: all but the largest). Defaults to None: the models'
+            setting, which must then agree.
         bf16: bfloat16 autocast of PyTorch modules (exports run as exported, in float32).
             Defaults to None (on a GPU only).
         device: ``"auto"`` (a GPU when there is one; the CPU when every model is an ONNX export,
@@ -164,7 +167,8 @@ class Predictor:
 
     Raises:
         PredictionError: no model, a model with unknown input modalities, ensemble members whose
-            ``et_min_voxels`` differ without an override or that learned different label sets, or a
+            ``et_min_voxels`` or ``wt_min_fraction`` differ without an override or that learned
+            different label sets, or a
             bad override.
     """
 
@@ -176,6 +180,7 @@ class Predictor:
         sw_batch_size: int | None = None,
         mirror: bool | None = None,
         et_min_voxels: int | None = None,
+        wt_min_fraction: float | None = None,
         bf16: bool | None = None,
         device: str | torch.device = "auto",
         names: Sequence[str] | None = None,
@@ -219,6 +224,18 @@ class Predictor:
         if isinstance(et_min_voxels, bool) or not isinstance(et_min_voxels, int) or et_min_voxels < 0:
             raise PredictionError(f"et_min_voxels must be 0 or more voxels, got {et_min_voxels!r}.")
         self.et_min_voxels = et_min_voxels
+        if wt_min_fraction is None:
+            # absent from checkpoints made before it existed: 0, no piece removed
+            values = sorted({float(settings.get("wt_min_fraction", 0.0)) for settings in recorded})
+            if len(values) > 1:
+                raise PredictionError(
+                    f"The models differ in inference.wt_min_fraction ({values}); give wt_min_fraction=F for all of them."
+                )
+            wt_min_fraction = values[0]
+        try:
+            self.wt_min_fraction = check_fraction(wt_min_fraction, "wt_min_fraction")
+        except ValueError as err:
+            raise PredictionError(str(err)) from err
         label_sets = {model.label_set.name: model.label_set for model in self.models}
         if len(label_sets) > 1:
             raise PredictionError(
@@ -302,7 +319,7 @@ class Predictor:
             f"{name}: {getattr(model, 'runtime', 'torch')}, roi {list(c.roi_size)}, overlap {c.overlap}, "
             f"{c.sw_batch_size} window(s) per pass, {c.mode}, "
             f"mirror {'on' if c.mirror else 'off'}, bf16 {'on' if c.bf16 else 'off'}, "
-            f"ET under {self.et_min_voxels} voxels -> NCR"
+            f"ET under {self.et_min_voxels} voxels -> NCR, tumour pieces under {self.wt_min_fraction:g} of the largest removed"
             for name, model, c in zip(self.names, self.models, self.configs)
         ]
 
@@ -335,6 +352,12 @@ class Predictor:
             torch.cuda.synchronize(self.device)
         probs = total / count
         label = to_labels(probs.unsqueeze(0), self.scheme, labels=self.label_set)[0].numpy()
+        label, removed = remove_small_pieces(label, self.wt_min_fraction)
+        if removed:
+            log.info(
+                "case %s: %d piece(s) of tumour under %g of the largest removed.",
+                case.item.case_id, removed, self.wt_min_fraction,
+            )  # fmt: skip
         label, relabelled = postprocess(label, self.et_min_voxels)
         if relabelled:
             log.info(

@@ -37,7 +37,7 @@ OPTIMIZERS = {
 SCHEDULES = ("none", "poly", "cosine")
 # test-time settings of ``inference`` besides the sliding window's; absent from checkpoints written
 # before they had their own config group
-TEST_TIME_DEFAULTS = {"mirror": False, "val_mirror": False, "et_min_voxels": 0}
+TEST_TIME_DEFAULTS = {"mirror": False, "val_mirror": False, "et_min_voxels": 0, "wt_min_fraction": 0.0}
 
 
 _label_set = label_set  # the constructor's argument of that name hides the function
@@ -45,6 +45,13 @@ _label_set = label_set  # the constructor's argument of that name hides the func
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped after too many consecutive non-finite losses."""
+
+
+def check_fraction(value, option: str) -> float:
+    """``value`` as a fraction in [0, 1]; a ValueError naming ``option`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"`{option}` must be a fraction from 0 (off) to 1 (keep the largest piece), got {value!r}.")
+    return float(value)
 
 
 def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
@@ -98,7 +105,8 @@ class SegmentationModule(pl.LightningModule):
             stepped every optimizer step. Defaults to poly with power 0.9.
         inference: test-time settings (``conf/inference``): the sliding window (``roi_size``,
             ``overlap``, ``sw_batch_size``, ``mode``) of validation and prediction, ``mirror``
-            (prediction), ``val_mirror`` (validation) and the post-processing ``et_min_voxels``;
+            (prediction), ``val_mirror`` (validation) and the post-processing ``et_min_voxels`` and
+            ``wt_min_fraction``;
             recorded so that prediction repeats them.
         preprocess: the data's preprocessing settings, kept so that prediction repeats them.
         max_nonfinite: consecutive non-finite losses (each step skipped) that stop training.
@@ -163,6 +171,7 @@ class SegmentationModule(pl.LightningModule):
         et_min_voxels = self.hparams.inference["et_min_voxels"]
         if isinstance(et_min_voxels, bool) or not isinstance(et_min_voxels, int) or et_min_voxels < 0:
             raise ValueError(f"`inference.et_min_voxels` must be 0 or more voxels, got {et_min_voxels!r}.")
+        check_fraction(self.hparams.inference["wt_min_fraction"], "inference.wt_min_fraction")
         window = {k: v for k, v in self.hparams.inference.items() if k not in TEST_TIME_DEFAULTS}
         self.inference_config = InferenceConfig(**window, mirror=self.hparams.inference["val_mirror"])
         if channels_last:
