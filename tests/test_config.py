@@ -74,7 +74,7 @@ QUICK_START = {
     "model.optimizer": {"name": "adamw", "lr": 1e-2, "weight_decay": 1e-5},
     "model.scheduler": {"name": "poly", "warmup_epochs": 1, "power": 0.9},
     "inference": {"roi_size": "auto", "overlap": 0.5, "sw_batch_size": 2, "mode": "gaussian", "mirror": False,
-                  "val_mirror": False, "et_min_voxels": 0, "wt_min_fraction": 0.0},
+                  "val_mirror": False, "et_min_voxels": 32, "wt_min_fraction": 0.1},
     "data.patch_size": "auto", "data.batch_size": "auto", "trainer.max_epochs": "auto",
 }  # fmt: skip
 MODERN = {

@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from train_helpers import CONF, ROOT
 
 from tumorseg.arrays import bounding_box
+from tumorseg.labels import remove_small_pieces
 from tumorseg.predict import PredictionError, Predictor, dataset_cases, postprocess, run
 from tumorseg.predict.checkpoints import load_model
 from tumorseg.predict.cli import build_predictor
@@ -191,8 +192,6 @@ def test_ensemble_averages_probabilities_and_postprocessing(tmp_path):
 
 
 def test_small_pieces_of_tumour_are_removed_by_their_share_of_the_largest(tmp_path):
-    from tumorseg.predict.checkpoints import load_model
-
     data = tmp_path / "data"
     (case_id,) = write_dataset(data, "brats2020", 1, shape=SHAPE)
     ckpt = voxelwise_stand_in(tmp_path / "voxelwise.ckpt")
@@ -412,3 +411,24 @@ def test_an_ensemble_needs_one_et_threshold(tmp_path):
     predictor = build_predictor(predict_cfg(tmp_path, f"ckpt_path=[{a},{b}]", "et_min_voxels=100"))
     assert predictor.et_min_voxels == 100
     assert [c.mirror for c in predictor.configs] == [False, True]  # each model its own mirroring
+
+
+def test_validation_post_processes_as_prediction_does_counting_source_voxels():
+    model = SegmentationModule(
+        {"name": "arunet3d", "features": [4, 8, 16]},
+        inference={"roi_size": 16, "et_min_voxels": 8, "wt_min_fraction": 0.5},
+    )
+    labels = torch.zeros((2, 12, 12, 12), dtype=torch.long)
+    labels[:, 1:7, 1:7, 1:7] = 2  # the largest piece
+    labels[:, 2:4, 2:4, 2] = 3  # 4 voxels of ET inside it
+    labels[:, 10, 10, 10] = 1  # a far piece of 1 voxel
+    # case 0 at the source's grid: 4 ET voxels < 8 become NCR; case 1 resampled from 4 source
+    # voxels per voxel: its 4 voxels of ET are 16 source voxels, kept
+    out = model.postprocess(labels, torch.tensor([1.0, 4.0]))
+    for case, source_voxels in ((0, 1), (1, 4)):
+        expected, _ = remove_small_pieces(labels[case].numpy(), 0.5)
+        expected, _ = postprocess(expected, -(-8 // source_voxels))
+        assert np.array_equal(out[case].numpy(), expected)
+    assert int((out[0] == 3).sum()) == 0 and int((out[1] == 3).sum()) == 4 and int(out[:, 10, 10, 10].sum()) == 0
+    model.hparams.inference.update(et_min_voxels=0, wt_min_fraction=0.0)
+    assert model.postprocess(labels) is labels  # nothing to do: the labels as they are

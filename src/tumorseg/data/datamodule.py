@@ -265,7 +265,10 @@ class CaseDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         entry = self.entries[index]
         image, label = entry.load(mmap=False)
-        item = {"image": torch.from_numpy(image), "case_id": entry.case_id}
+        # source voxels per stored voxel, so that validation's post-processing counts voxels as
+        # prediction does, in the source geometry
+        source_voxels = math.prod(entry.meta["cropped_shape"]) / math.prod(entry.meta["stored_shape"])
+        item = {"image": torch.from_numpy(image), "case_id": entry.case_id, "source_voxels": source_voxels}
         if label is not None:
             item["label"] = torch.from_numpy(label)
         return item

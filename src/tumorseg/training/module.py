@@ -21,7 +21,7 @@ from torchmetrics import MeanMetric
 
 from tumorseg.inference.schemes import check_scheme, out_channels, probabilities, to_labels
 from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
-from tumorseg.labels import BRATS2023, MODALITIES, label_set
+from tumorseg.labels import BRATS2023, MODALITIES, label_set, postprocess, remove_small_pieces
 from tumorseg.models import build_model
 from tumorseg.training.losses import SegmentationLoss
 from tumorseg.training.metrics import RegionDice, dice_per_case
@@ -213,6 +213,23 @@ class SegmentationModule(pl.LightningModule):
     def _to_labels(self, probs: torch.Tensor) -> torch.Tensor:
         return to_labels(probs, self.scheme, labels=self.label_set)
 
+    def postprocess(self, labels: torch.Tensor, source_voxels: torch.Tensor | None = None) -> torch.Tensor:
+        """The test-time post-processing of ``inference`` (``wt_min_fraction``, ``et_min_voxels``),
+        as prediction applies it, on a batch of label maps (B, X, Y, Z), so that validation scores
+        what ``predict.py`` writes. ``source_voxels``: the source voxels per voxel of each case
+        (the cache's resampling), which ``et_min_voxels`` counts in. Defaults to None (1)."""
+        fraction = float(self.hparams.inference["wt_min_fraction"])
+        et_min_voxels = int(self.hparams.inference["et_min_voxels"])
+        if fraction <= 0 and et_min_voxels <= 0:
+            return labels
+        out = []
+        for index, case in enumerate(labels.cpu().numpy()):
+            case, _ = remove_small_pieces(case, fraction)
+            scale = float(source_voxels[index]) if source_voxels is not None else 1.0
+            case, _ = postprocess(case, math.ceil(et_min_voxels / scale))
+            out.append(torch.from_numpy(case))
+        return torch.stack(out).to(labels.device)
+
     # -- training
 
     def _skip_nonfinite(self, loss: torch.Tensor) -> bool:
@@ -287,7 +304,7 @@ class SegmentationModule(pl.LightningModule):
         image, label = batch["image"], batch["label"]
         logits = self.predict_logits(image)
         parts = self.loss_fn(logits, label)
-        pred = self._to_labels(probabilities(logits, self.scheme))
+        pred = self.postprocess(self._to_labels(probabilities(logits, self.scheme)), batch.get("source_voxels"))
         self.val_loss.update(parts["loss"])
         self.val_dice_loss.update(parts["dice"])
         self.val_dice.update(pred, label)
