@@ -321,3 +321,29 @@ print("built", cache.built)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "built 3" in result.stdout
+
+
+def test_the_intensity_scale_of_a_case_does_not_matter(phantoms, tmp_path):
+    """BraTS sites store intensities on different scales (up to a few hundred, or up to 32767):
+    the same exam scaled per modality is preprocessed to the same values."""
+    case = discover(phantoms, require_labels=True).cases[0]
+    scaled_root = tmp_path / "scaled" / case.case_id
+    scaled_root.mkdir(parents=True)
+    for index, path in enumerate(case.images):
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj).astype(np.float64)
+        brain = data != 0
+        # int16 as the sources, up to 32767 like the largest of the shared BraTS 2018 exams
+        factor = 32767 / data.max() if index % 2 else 0.37
+        scaled = np.where(brain, np.round(data * factor), 0).astype(np.int16)
+        nib.save(nib.Nifti1Image(scaled, image.affine, image.header), scaled_root / path.name)
+    nib.save(nib.load(case.label), scaled_root / case.label.name)
+    for spacing in (None, (2.0, 2.0, 2.0)):
+        config = PreprocessConfig(spacing=spacing, dtype="float32")
+        (original,) = build_cache(discover(case.images[0].parent), tmp_path / "a", config, progress=False).entries
+        (scaled,) = build_cache(discover(scaled_root), tmp_path / "b", config, progress=False).entries
+        (image, label), (scaled_image, scaled_label) = original.load(), scaled.load()
+        np.testing.assert_array_equal(label, scaled_label)
+        # equal up to the rounding of the scaled int16 values: half a step of 1/0.37 against a std of ~37
+        np.testing.assert_allclose(scaled_image, image, atol=0.05)
+        assert np.abs(scaled_image - image).mean() < 2e-3
