@@ -11,7 +11,11 @@ two thirds of a training checkpoint (``tumorseg.predict.pretrained.slim_checkpoi
 notice) first in ``src/tumorseg/weights/pretrained.json``, which makes it the default of
 ``predict.py``, or with ``--keep-default`` where the entry of that name was (a recipe made on first
 use becomes a shipped file) or last. The training data is described from the run's
-``config.yaml``; ``--metrics`` (a ``experiments/real_exam.py`` output) adds what it scored on a real exam.
+``config.yaml`` (phantoms) or ``split.json`` (real cases: how many, of which BraTS edition, which
+grades); ``--metrics`` (a ``experiments/real_exam.py`` output) adds what it scored on a real exam.
+
+    python experiments/ship_model.py outputs/ship/brats18-arunet3d-all/runs/<run>/checkpoints/last.ckpt \
+        --name brats18-arunet3d-v1 --metrics outputs/real_exam/brats18-arunet3d-all/metrics.json
 """
 
 from __future__ import annotations
@@ -38,35 +42,78 @@ NOTICE = (
     "it learned from synthetic phantoms only (no patient's scan) and is not for clinical use; "
     "its segmentations show what the pipeline does, not a diagnosis."
 )
+REAL_NOTICE = (
+    "it learned from {data} with expert labels, shared by the BraTS challenge for research; for research use "
+    "only and not for clinical use: its segmentations are not a diagnosis."
+)
+# the edition of a real training set, told by its case names
+EDITIONS = {
+    "Brats17_": "BraTS 2017 training cases",
+    "Brats18_": "BraTS 2018 training cases",
+    "BraTS19_": "BraTS 2019 training cases",
+    "BraTS20_": "BraTS 2020 training cases",
+    "BraTS2021_": "BraTS 2021 training cases",
+    "BraTS-GLI-": "BraTS 2023 glioma training cases",
+}
 
 
-def describe_training(checkpoint: Path) -> str:
-    """The training data, read from the run's config.yaml beside ``checkpoints/``."""
+def real_data_name(case_ids: list[str], split_path: Path) -> str:
+    editions = {next((e for p, e in EDITIONS.items() if c.startswith(p)), None) for c in case_ids}
+    if len(editions) != 1 or None in editions:
+        raise ValueError(
+            f"{split_path}: the training cases are not all of one known BraTS edition "
+            f"({sorted(map(str, editions))}); name the data with --data-name."
+        )
+    return editions.pop()
+
+
+def describe_training(checkpoint: Path, data_name: str | None = None) -> tuple[str, str]:
+    """The training data, read from the run's config.yaml beside ``checkpoints/``, and the notice."""
     config_path = checkpoint.resolve().parent.parent / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: give the checkpoint of a run directory made by train.py.")
     config = yaml.safe_load(config_path.read_text())
     info_path = config_path.parent / "run_info.json"
     command = json.loads(info_path.read_text())["command"][1:] if info_path.is_file() else []
-    # where the run wrote is not what it learned from
-    command = [arg for arg in command if not arg.startswith(("paths.", "hydra."))]
+    # where the run wrote, the user's data folder and the console are not what it learned from
+    operational = ("paths.", "hydra.", "data.root=", "task_name=", "resume=", "~callbacks.progress_bar",
+                   "trainer.enable_progress_bar=")  # fmt: skip
+    command = [arg for arg in command if not arg.startswith(operational)]
+    recipe = f"recipe: {' '.join(['python train.py', *command])}"
     data = config["data"]
-    if "cases" not in data or "shape" not in data:
+    if "cases" in data and "shape" in data:
+        shape = "x".join(map(str, data["shape"]))
+        return (
+            f"{data['cases']} synthetic phantoms (tumorseg phantom version {PHANTOM_VERSION}, MNI ICBM152 2009 "
+            f"anatomy) of {shape} voxels over the BraTS field of view, data seed {data['data_seed']}; {recipe}"
+        ), NOTICE
+    split_path = config_path.parent / "split.json"
+    if "root" not in data or not split_path.is_file():
         raise ValueError(
-            f"{config_path}: data={data.get('_target_')} is not the synthetic phantoms; ship only phantom-trained models."
+            f"{config_path}: data={data.get('_target_')} is neither the synthetic phantoms nor a dataset of "
+            f"real cases with its split.json; ship a model trained by train.py on either."
         )
-    shape = "x".join(map(str, data["shape"]))
-    return (
-        f"{data['cases']} synthetic phantoms (tumorseg phantom version {PHANTOM_VERSION}, MNI ICBM152 2009 anatomy) "
-        f"of {shape} voxels over the BraTS field of view, data seed {data['data_seed']}; "
-        f"recipe: {' '.join(['python train.py', *command])}"
-    )
+    split = json.loads(split_path.read_text())
+    cases = split["train"]
+    name = data_name or real_data_name(cases, split_path)
+    grades = [split.get("grades", {}).get(c) for c in cases]
+    counts = ", ".join(f"{grades.count(g)} {g}" for g in sorted({g for g in grades if g}))
+    spacing = split.get("preprocess", {}).get("spacing")
+    grid = f" on a {'x'.join(f'{s:g}' for s in spacing)} mm grid" if spacing else ""
+    what = f"{len(cases)} {name}{f' ({counts})' if counts else ''}"
+    return f"{what}, expert labels{grid}; {recipe}", REAL_NOTICE.format(data=what)
 
 
 def ship(
-    checkpoint: Path, name: str, metrics: Path | None, weights: Path = WEIGHTS, keep_default: bool = False
+    checkpoint: Path,
+    name: str,
+    metrics: Path | None,
+    weights: Path = WEIGHTS,
+    keep_default: bool = False,
+    data_name: str | None = None,
 ) -> Path:
-    training = describe_training(checkpoint)  # before anything is written: refuse a checkpoint of no phantom run
+    # before anything is written: refuse a checkpoint of a run that cannot be described
+    training, notice = describe_training(checkpoint, data_name)
     target = slim_checkpoint(checkpoint, weights / f"{name}.ckpt")
     model = SegmentationModule.load_from_checkpoint(target, map_location="cpu", weights_only=True)  # it loads
 
@@ -83,7 +130,7 @@ def ship(
         "bytes": target.stat().st_size,
         "network": network,
         "training_data": training,
-        "notice": NOTICE,
+        "notice": notice,
     }
     registry_path = weights / "pretrained.json"
     registry = json.loads(registry_path.read_text())
@@ -112,11 +159,14 @@ def main(argv=None) -> int:
         action="store_true",
         help="keep predict.py's default: the entry replaces the one of that name where it is, or comes last",
     )
+    parser.add_argument(
+        "--data-name", help="what a real training set is, e.g. 'BraTS 2018 training cases' (default: from case names)"
+    )
     add_debug_option(parser)
     args = parser.parse_args(argv)
 
     def run() -> None:
-        ship(args.checkpoint, args.name, args.metrics, args.weights, args.keep_default)
+        ship(args.checkpoint, args.name, args.metrics, args.weights, args.keep_default, args.data_name)
 
     return run_command(run, debug=args.debug)
 

@@ -210,6 +210,16 @@ def test_fit_with_a_lightning_trainer_writes_the_split(phantoms, tmp_path):
     assert split["train"] == [e.case_id for e in dm.train_entries] and split["seed"] == 42
 
 
+def test_fold_all_trains_and_validates_every_case(phantoms, tmp_path):
+    """nnU-Net's fold ``all``: a final model learns from every case; a fold that is neither is refused."""
+    dm = datamodule(phantoms, tmp_path / "cache", fold="all")
+    dm.setup("fit")
+    every = sorted(e.case_id for e in dm.cache.entries)
+    assert sorted(e.case_id for e in dm.train_entries) == every == sorted(e.case_id for e in dm.val_entries)
+    with pytest.raises(ValueError, match="a fold number or 'all'"):
+        datamodule(phantoms, tmp_path / "cache", fold="first")
+
+
 # ------------------------------------------------------------------------------ DDP
 
 

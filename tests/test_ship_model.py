@@ -69,12 +69,46 @@ def test_ships_a_slim_verified_default(ship_model, tmp_path):
         torch.testing.assert_close(shipped(x), original(x), rtol=0, atol=0)
 
 
-def test_refuses_a_model_not_trained_on_phantoms(ship_model, tmp_path):
+def test_refuses_a_run_whose_data_it_cannot_describe(ship_model, tmp_path):
     ckpt = training_run(tmp_path)
     (ckpt.parent.parent / "config.yaml").write_text(yaml.safe_dump({"data": {"_target_": "BratsDataModule"}}))
-    with pytest.raises(ValueError, match="not the synthetic phantoms"):
+    with pytest.raises(ValueError, match="neither the synthetic phantoms nor a dataset of real cases"):
         ship_model.ship(ckpt, "x", None, tmp_path)
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_a_model_of_real_cases_names_its_data_and_their_terms(ship_model, tmp_path):
+    ckpt = training_run(tmp_path)
+    run = ckpt.parent.parent
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"_target_": "BratsDataModule", "root": "/data/b18"}}))
+    (run / "run_info.json").write_text(json.dumps({"command": [
+        "train.py", "experiment=brats_cpu", "data.root=/data/b18", "data.fold=all", "paths.log_dir=/x"]}))  # fmt: skip
+    cases = ["Brats18_CBICA_AAB_1", "Brats18_TCIA10_637_1", "Brats18_2013_23_1"]
+    grades = dict(zip(cases, ["HGG", "LGG", "HGG"]))
+    split = {"fold": "all", "preprocess": {"spacing": [2.5, 2.5, 2.5]}, "train": cases, "val": cases, "grades": grades}
+    (run / "split.json").write_text(json.dumps(split))
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "pretrained.json").write_text(json.dumps({"models": []}))
+
+    ship_model.ship(ckpt, "brats18-test", None, weights)
+    (model,) = registered_models(weights / "pretrained.json")
+    assert model.training_data == (
+        "3 BraTS 2018 training cases (2 HGG, 1 LGG), expert labels on a 2.5x2.5x2.5 mm grid; "
+        "recipe: python train.py experiment=brats_cpu data.fold=all"
+    )
+    assert "3 BraTS 2018 training cases" in model.notice
+    assert "research use only" in model.notice and "not for clinical use" in model.notice
+
+    split["train"] = [*cases, "BraTS2021_00000"]  # two editions: the name must be given
+    (run / "split.json").write_text(json.dumps(split))
+    with pytest.raises(ValueError, match="name the data with --data-name"):
+        ship_model.ship(ckpt, "y", None, weights)
+    ship_model.ship(ckpt, "y", None, weights, data_name="BraTS 2018 and 2021 training cases")
+    assert (
+        "4 BraTS 2018 and 2021 training cases (2 HGG, 1 LGG)"
+        in registered_models(weights / "pretrained.json")[0].notice
+    )
 
 
 def test_refuses_a_checkpoint_outside_a_run_directory(ship_model, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, replace
@@ -33,6 +34,8 @@ from tumorseg.io import cache_root
 from tumorseg.labels import convention_label_set
 from tumorseg.labels import label_set as _label_set
 from tumorseg.sizes import DEFAULT_PATCH_SIZE, size3
+
+log = logging.getLogger(__name__)
 
 PAPER_TRAIN_CASES = 250  # the paper trained on the first 250 BraTS 2020 training cases
 
@@ -292,7 +295,9 @@ class BratsDataModule(pl.LightningDataModule):
             ``"paper"`` (the first 250 cases train, the rest validate). Ignored when
             ``split_file`` is given. Defaults to ``"kfold"``.
         split_file: JSON split, ``{"train": [...], "val": [...]}`` or a list of such folds.
-        fold: validation fold. Defaults to 0.
+        fold: validation fold, or ``"all"`` (as nnU-Net's ``all``): every case trains, and the
+            same cases are validated, which then measures the fit and not generalisation; for a
+            final model once the settings are chosen by cross-validation. Defaults to 0.
         num_folds: number of folds. Defaults to 5.
         seed: seed of the fold assignment and of the epoch shuffles. Defaults to 42.
         patch_size: edge of the cubic training patches, or their (x, y, z) size. Defaults to 128.
@@ -321,7 +326,7 @@ class BratsDataModule(pl.LightningDataModule):
         label_set: str = "brats2023",
         split: str = "kfold",
         split_file: str | Path | None = None,
-        fold: int = 0,
+        fold: int | str = 0,
         num_folds: int = 5,
         seed: int = 42,
         patch_size: int | Sequence[int] = DEFAULT_PATCH_SIZE,
@@ -360,6 +365,8 @@ class BratsDataModule(pl.LightningDataModule):
                 f"data.convention={convention} holds labels of the {wanted} label set, but the model learns "
                 f"labels={self.label_set.name}; pass labels={wanted}."
             )
+        if isinstance(fold, str) and fold != "all" or isinstance(fold, bool):
+            raise ValueError(f"`fold` must be a fold number or 'all' (train on every case), got {fold!r}.")
         self.fold, self.num_folds, self.seed = fold, num_folds, seed
         self.batch_size = batch_size
         self.samples_per_volume, self.queue_length = samples_per_volume, queue_length
@@ -416,7 +423,10 @@ class BratsDataModule(pl.LightningDataModule):
         if self.cache is None:
             self.cache = self._build_cache(progress=False)
         ids = [e.case_id for e in self.cache.entries]
-        if self.split_file is not None:
+        if self.fold == "all":
+            self.split = {"train": list(ids), "val": list(ids)}
+            log.warning("data.fold=all: all %d cases train and validate; validation Dice measures the fit.", len(ids))
+        elif self.split_file is not None:
             self.split = read_split_file(self.split_file, ids, self.fold)
         elif self.split_name == "paper":
             self.split = paper_split(ids)
