@@ -122,7 +122,11 @@ def test_os_errors_name_the_file_and_what_to_do():
             "model is one of arunet3d, linknet3d, pspnet3d (conf/model/).",
         ),
         ("train.py", "experiment=brats_linknet", "(did you mean experiment=brats_linknet3d or"),
-        ("train.py", "experiment=brats_linknet", "; experiment is one of brats, brats_arunet3d, brats_cpu, brats_linknet3d,"),
+        (
+            "train.py",
+            "experiment=brats_linknet",
+            "; experiment is one of brats, brats_arunet3d, brats_cpu, brats_linknet3d,",
+        ),
         ("train.py", "data.pach_size=64", "error: data.pach_size: no such key (did you mean data.patch_size=64"),
         ("train.py", "data.patch_size", "error: Error parsing override 'data.patch_size'; missing EQUAL"),
         ("predict.py", "overlapp=0.25", "error: overlapp: no such key (did you mean overlap=0.25?)"),

@@ -29,7 +29,13 @@ from tumorseg.training.train import register_resolvers
 register_resolvers()
 SHAPE = (20, 18, 16)
 # internal class -> value written, per layout
-WRITTEN = {"brats2018": (0, 1, 2, 4), "brats2020": (0, 1, 2, 4), "brats2021": (0, 1, 2, 4), "brats2023": (0, 1, 2, 3), "msd": (0, 2, 1, 3)}
+WRITTEN = {
+    "brats2018": (0, 1, 2, 4),
+    "brats2020": (0, 1, 2, 4),
+    "brats2021": (0, 1, 2, 4),
+    "brats2023": (0, 1, 2, 3),
+    "msd": (0, 2, 1, 3),
+}
 
 
 def save_checkpoint(model: SegmentationModule, path: Path) -> Path:

@@ -1,5 +1,5 @@
 """Every command in the ```bash blocks of the README and the experiments' guides
-(``experiments/paper/README.md``, ``experiments/brats/README.md``) still works, so that the
+(``experiments/{paper,brats,brats_cpu}/README.md``) still works, so that the
 guides cannot rot.
 
 Each command is extracted (backslash continuations joined, comments dropped, ``srun``/``torchrun``
@@ -61,7 +61,10 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 # the guides of the experiments, checked the same way
-GUIDES = (README, ROOT / "experiments" / "paper" / "README.md", ROOT / "experiments" / "brats" / "README.md")
+GUIDES = (
+    README,
+    *(ROOT / "experiments" / study / "README.md" for study in ("paper", "brats", "brats_cpu")),
+)
 CONF = ROOT / "conf"
 
 register_resolvers()  # ${run_id:}, ${optuna_direction:...} in the configs

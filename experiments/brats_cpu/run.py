@@ -282,7 +282,7 @@ def plot(results: list[dict], path: Path) -> None:
     from tumorseg.plots import save_figure
 
     models = list(dict.fromkeys(r["model"] for r in results))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(models), figsize=(max(6.5, 4.5 * len(models)), 4.4), squeeze=False, sharey=True)
     styles = {"scratch": ("tab:grey", "--"), "phantom": ("tab:red", "-")}
     for ax, model in zip(axes[0], models):
         seen = set()
@@ -302,7 +302,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.legend(loc="lower right")
     axes[0][0].set_ylabel("validation Dice, mean of WT/TC/ET")
-    fig.suptitle("18 real BraTS 2018 exams, 3 folds (12 train / 6 validate), 2-core CPU")
+    fig.suptitle("18 real BraTS 2018 exams, 3 folds (12 train / 6 validate), 2-core CPU", fontsize=10)
     save_figure(fig, path)
     plt.close(fig)
 
