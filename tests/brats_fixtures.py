@@ -300,6 +300,8 @@ def shared_data(stand_in_root: Path) -> SharedData:
     from tumorseg.data.synthetic import brats_affine, make_phantom
 
     root = Path(stand_in_root)
+    affine = brats_affine(STAND_IN_SHAPE)
+    affine[:3, :3] = np.sign(affine[:3, :3])  # 1 mm voxels, as the real exams, in their LPS orientation
     for index, (folder, layout, roles) in enumerate(
         [(EXAM_2023, "brats2023", MODALITIES), (EXAM_2020, "brats2020", (*MODALITIES, "label"))], start=1
     ):
@@ -307,5 +309,5 @@ def shared_data(stand_in_root: Path) -> SharedData:
         arrays = {**images, "label": label}
         for role in roles:
             path = root / folder / file_name(layout, Path(folder).name, role)
-            write_nifti(path, arrays[role], brats_affine(STAND_IN_SHAPE))
+            write_nifti(path, arrays[role], affine)
     return SharedData(root, False)
