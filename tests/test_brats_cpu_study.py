@@ -7,21 +7,11 @@ import json
 import sys
 
 import pytest
+from test_time_to_dice import write_log
 from train_helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments" / "brats_cpu"))
 import run as study  # noqa: E402
-
-HEADER = "epoch,step,time/elapsed_s,train/loss,val/dice_mean,val/dice_wt,val/dice_tc,val/dice_et\n"
-
-
-def write_log(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [HEADER]
-    for epoch, seconds, mean in rows:
-        lines.append(f"{epoch},{epoch * 10},,0.5,,,,\n")  # a training row: no validation
-        lines.append(f"{epoch},{epoch * 10},{seconds},,{mean},{mean + 0.01},{mean - 0.01},{mean}\n")
-    path.write_text("".join(lines))
 
 
 def test_a_resumed_run_continues_the_curve_of_the_killed_one(tmp_path):

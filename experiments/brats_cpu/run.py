@@ -24,7 +24,6 @@ committed (``experiments/brats_cpu/results/``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -36,6 +35,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+# a run's validation curve from its CSV log, and the seconds to a Dice, as the quick start's study reads them
+from time_to_dice import first_reached, read_curve  # noqa: E402
+
 SPLIT = HERE / "splits_brats18.json"
 SHARED_DATA = Path(os.environ.get("TUMORSEG_SHARED_DATA") or ROOT.parent / "shared" / "data")
 MODELS = ("arunet3d", "linknet3d", "pspnet3d")
@@ -63,19 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_name(model: str, fold: int, start: str, tag: str) -> str:
     return f"{model}-{start}{f'-{tag}' if tag else ''}-fold{fold}"
-
-
-def read_curve(metrics_csv: Path) -> list[dict]:
-    """Validation rows of a run's CSV log (every run it resumed included): epoch, seconds, Dice."""
-    rows = []
-    with open(metrics_csv) as f:
-        for row in csv.DictReader(f):
-            if row.get("val/dice_mean") and row.get("time/elapsed_s"):
-                entry = {"epoch": int(row["epoch"]), "seconds": float(row["time/elapsed_s"])}
-                entry["mean"] = float(row["val/dice_mean"])
-                entry.update({r: float(row[f"val/dice_{r}"]) for r in REGIONS})
-                rows.append(entry)
-    return rows
 
 
 def curve_of(run_root: Path) -> list[dict]:
@@ -178,10 +168,6 @@ def postprocessing_sweep(root: Path, out: Path, cases: list[str]) -> dict:
         fraction: {region: {metric: float(np.mean(v)) for metric, v in m.items()} for region, m in regions.items()}
         for fraction, regions in scores.items()
     }
-
-
-def first_reached(curve: list[dict], threshold: float) -> float | None:
-    return next((p["seconds"] for p in curve if p["mean"] >= threshold), None)
 
 
 def main(argv: list[str] | None = None) -> int:
