@@ -1,5 +1,5 @@
 """Every command in the ```bash blocks of the README and the experiments' guides
-(``experiments/{paper,brats,brats_cpu}/README.md``) still works, so that the
+(``experiments/{paper,brats,brats_cpu,pretraining}/README.md``) still works, so that the
 guides cannot rot.
 
 Each command is extracted (backslash continuations joined, comments dropped, ``srun``/``torchrun``
@@ -63,7 +63,7 @@ README = ROOT / "README.md"
 # the guides of the experiments, checked the same way
 GUIDES = (
     README,
-    *(ROOT / "experiments" / study / "README.md" for study in ("paper", "brats", "brats_cpu")),
+    *(ROOT / "experiments" / study / "README.md" for study in ("paper", "brats", "brats_cpu", "pretraining")),
 )
 CONF = ROOT / "conf"
 
