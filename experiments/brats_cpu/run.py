@@ -189,7 +189,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: list[dict], args: argparse.Namespace) -> None:
-    from tumorseg.io import write_atomic
 
     if not results:
         print("No finished run yet.")
@@ -222,15 +221,22 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         lines.append(f"| {model} | {start} | {len(runs)} | "
                      + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")  # fmt: skip
     lines += postprocessing_table(results)
-    text = "\n".join(lines)
+    publish("\n".join(lines), results, args, "time_to_dice.png", plot)
+
+
+def publish(text: str, results: list[dict], args: argparse.Namespace, figure: str, draw) -> None:
+    """``results.md``, ``results.json`` and the figure ``draw(results, path)`` into ``args.out``, and
+    copies of them into ``args.results`` when given."""
+    from tumorseg.io import write_atomic
+
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "results.md", text + "\n")
     write_atomic(args.out / "results.json", json.dumps(results, indent=1) + "\n")
-    plot(results, args.out / "time_to_dice.png")
+    draw(results, args.out / figure)
     print(text, flush=True)
     if args.results:
         args.results.mkdir(parents=True, exist_ok=True)
-        for name in ("results.md", "results.json", "time_to_dice.png"):
+        for name in ("results.md", "results.json", figure):
             shutil.copy2(args.out / name, args.results / name)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -137,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: list[dict], args: argparse.Namespace) -> None:
-    from tumorseg.io import write_atomic
 
     if not results:
         print("No finished run yet.")
@@ -160,16 +158,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             + " | ".join("-" if v is None else f"{v:.3f}" for v in source)
             + f" | {last['seconds']:.0f} |"
         )
-    text = "\n".join(lines)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "results.md", text + "\n")
-    write_atomic(args.out / "results.json", json.dumps(results, indent=1) + "\n")
-    plot(results, args.out / "pretraining.png")
-    print(text, flush=True)
-    if args.results:
-        args.results.mkdir(parents=True, exist_ok=True)
-        for name in ("results.md", "results.json", "pretraining.png"):
-            shutil.copy2(args.out / name, args.results / name)
+    study.publish("\n".join(lines), results, args, "pretraining.png", plot)
 
 
 def plot(results: list[dict], path: Path) -> None:
