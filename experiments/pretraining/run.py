@@ -97,10 +97,15 @@ def phantom_model(args: argparse.Namespace, variant: str) -> tuple[Path, dict]:
     return checkpoint, record
 
 
+def run_tag(variant: str) -> str:
+    """The tag of the variant's fine-tuning run: none for the study's own recipe and scratch runs."""
+    return "" if variant in ("recipe", "scratch") else variant
+
+
 def fine_tune(args: argparse.Namespace, variant: str) -> dict:
     """The fold-0 run of the real-data study for the variant (trained first, or continued)."""
     spec = VARIANTS[variant]
-    tag = "" if variant in ("recipe", "scratch") else variant
+    tag = run_tag(variant)
     overrides = [*VALIDATION, *spec.get("finetune", [])]
     record = None
     if "phantom" in spec:
@@ -114,7 +119,7 @@ def fine_tune(args: argparse.Namespace, variant: str) -> dict:
 
 def finished(args: argparse.Namespace, variant: str) -> dict | None:
     spec = VARIANTS[variant]
-    tag = "" if variant in ("recipe", "scratch") else variant
+    tag = run_tag(variant)
     done = args.runs / study.run_name(MODEL, FOLD, spec.get("start", "phantom"), tag) / "result.json"
     if not done.exists():
         return None
