@@ -25,7 +25,7 @@ source experiments/gpu_env.sh
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
 read -r -a shape <<< "$SHAPE"
 
-python -m tumorseg.data.synthetic "$out/phantoms" --cases "$CASES" --shape "${shape[@]}" --workers "$workers"
+python -m tumorseg.phantoms "$out/phantoms" --cases "$CASES" --shape "${shape[@]}" --workers "$workers"
 for model in arunet3d linknet3d pspnet3d; do
   python experiments/benchmark.py step --model "$model" --preset "$PRESET" --patch "$PATCH" --batch 2 --out-channels 3 \
     --modes "$MODE" --device "$DEVICE" --jsonl "$out/step.jsonl"

@@ -47,6 +47,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from tumorseg.checkpoints import registered_models, registry_file, sha256_file, shipped_model
 from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, add_debug_option, describe_os_error, on_off, run_command
 from tumorseg.data.layouts import select_cases
 from tumorseg.evaluate import LESIONWISE_METRICS, METRICS, TASKS, lesionwise_case, region_metrics, summarise
@@ -64,8 +65,6 @@ from tumorseg.labels import (
 from tumorseg.plots import save_figure, segmentation_panel
 from tumorseg.predict import Predictor
 from tumorseg.predict.cases import InputCase, find_cases, read_case
-from tumorseg.predict.checkpoints import sha256_file
-from tumorseg.predict.pretrained import registered_models, registry_file, shipped_model
 from tumorseg.predict.writers import write_label
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,10 +335,9 @@ def folder_tables(summary: dict, lesion_summary: dict | None, cases: int, labels
     return tables
 
 
-def measure(args: argparse.Namespace) -> int:
-    """Segment the case(s), score them, print the tables and write the outputs (see the module docstring)."""
-    started = time.perf_counter()
-    case_dir = args.case.expanduser()
+def labelled_cases(case_dir: Path, cases: str | None) -> tuple[list, list, bool]:
+    """The labelled cases to score under ``case_dir`` (those of ``cases`` if given), the problems of
+    the folder, and whether it is a folder of several cases."""
     if not case_dir.is_dir():
         raise ValueError(
             f"--case {case_dir}: no such folder. Give a labelled case folder (a BraTS training case: its four "
@@ -347,7 +345,7 @@ def measure(args: argparse.Namespace) -> int:
         )
     found, problems = find_cases(case_dir)
     folder = len(found) > 1
-    items = chosen_cases(found, args.cases, case_dir)
+    items = chosen_cases(found, cases, case_dir)
     unlabelled = [item.case_id for item in items if item.reference is None]
     if unlabelled and not folder:
         raise ValueError(f"--case {case_dir}: case {unlabelled[0]} has no label file to score against.")
@@ -356,13 +354,13 @@ def measure(args: argparse.Namespace) -> int:
             f"--case {case_dir}: {len(unlabelled)} case(s) have no label file to score against: {unlabelled[:5]}; "
             f"choose labelled ones with --cases."
         )
-    out = (args.out or ROOT / "outputs" / "real_exam" / (case_dir.name if folder else items[0].case_id)).expanduser()
+    return items, problems, folder
 
-    predictor, shipped, specs = load_predictor(args)
-    load_s = time.perf_counter() - started
-    labels = {MODEL: model_name(specs, shipped), BASELINE_KEY: BASELINE}
-    methods = [BASELINE_KEY] if predictor is None else [MODEL, BASELINE_KEY]
-    content = {
+
+def methods_record(predictor, shipped) -> dict:
+    """What ``metrics.json`` records of the methods: the models (files, SHA-256, settings), the
+    shipped model's provenance, and the baseline."""
+    return {
         "models": [{"path": name, "sha256": sha256_file(name)} for name in predictor.names] if predictor else [],
         "shipped_model": None
         if shipped is None
@@ -375,6 +373,20 @@ def measure(args: argparse.Namespace) -> int:
             "threshold": THRESHOLD,
         },
     }
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Segment the case(s), score them, print the tables and write the outputs (see the module docstring)."""
+    started = time.perf_counter()
+    case_dir = args.case.expanduser()
+    items, problems, folder = labelled_cases(case_dir, args.cases)
+    out = (args.out or ROOT / "outputs" / "real_exam" / (case_dir.name if folder else items[0].case_id)).expanduser()
+
+    predictor, shipped, specs = load_predictor(args)
+    load_s = time.perf_counter() - started
+    labels = {MODEL: model_name(specs, shipped), BASELINE_KEY: BASELINE}
+    methods = [BASELINE_KEY] if predictor is None else [MODEL, BASELINE_KEY]
+    content = methods_record(predictor, shipped)
     timings = {"load_models": load_s} if predictor else {}
 
     if not folder:

@@ -297,7 +297,7 @@ def shared_data(stand_in_root: Path) -> SharedData:
     ``STAND_IN_SHAPE``), the BraTS 2023 exam without a label as the real one."""
     if (SHARED_DATA / EXAM_2023).is_dir():
         return SharedData(SHARED_DATA, True)
-    from tumorseg.data.synthetic import brats_affine, make_phantom
+    from tumorseg.phantoms import brats_affine, make_phantom
 
     root = Path(stand_in_root)
     affine = brats_affine(STAND_IN_SHAPE)

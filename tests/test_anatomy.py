@@ -8,8 +8,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from tumorseg.data import anatomy
-from tumorseg.data.anatomy import CHANNELS, FILES, TEMPLATE_ENV, TemplateError, load_template, template_folder
+from tumorseg.phantoms import anatomy
+from tumorseg.phantoms.anatomy import CHANNELS, FILES, TEMPLATE_ENV, TemplateError, load_template, template_folder
 
 
 def test_derived_maps_are_consistent():

@@ -96,7 +96,7 @@ def test_patch_too_small():
 
 
 def test_data(tmp_path):
-    from tumorseg.data.synthetic import generate_dataset
+    from tumorseg.phantoms import generate_dataset
 
     generate_dataset(tmp_path / "phantoms", 2, seed=1, shape=(48, 40, 32), progress=False)
     jsonl = tmp_path / "data.jsonl"

@@ -24,12 +24,12 @@ from tumorseg.data.layouts import DatasetError, discover
 from tumorseg.evaluate import main as evaluate_main
 from tumorseg.evaluate import region_metrics
 from tumorseg.inference.schemes import out_channels, targets, to_labels
+from tumorseg.launch import register_resolvers
 from tumorseg.predict import PredictionError
 from tumorseg.predict import run as predict_run
-from tumorseg.predict.checkpoints import load_model
 from tumorseg.training.metrics import RegionDice, dice_per_case
-from tumorseg.training.module import SegmentationModule
-from tumorseg.training.train import register_resolvers, train
+from tumorseg.training.module import SegmentationModule, load_model
+from tumorseg.training.train import train
 
 register_resolvers()
 SHAPE = (20, 18, 16)

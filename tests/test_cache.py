@@ -19,8 +19,9 @@ from faults import sigkill_at
 
 from tumorseg.data import cache as cache_module
 from tumorseg.data.cache import PreprocessConfig, brain_bbox, build_cache, read_entry, restore_geometry
-from tumorseg.data.layouts import discover, load_case
-from tumorseg.data.synthetic import generate_dataset
+from tumorseg.data.layouts import discover
+from tumorseg.data.reading import load_case
+from tumorseg.phantoms import generate_dataset
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from brats_fixtures import (
 )
 
 from tumorseg.data.check import check_dataset, format_problems
-from tumorseg.data.layouts import DatasetError, check_case, discover, load_case
+from tumorseg.data.layouts import DatasetError, discover
+from tumorseg.data.reading import check_case, load_case
 
 SRC = Path(__file__).parents[1] / "src"
 ID = "BraTS20_Training_001"

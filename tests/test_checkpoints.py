@@ -20,17 +20,17 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import ModelCheckpoint
 from train_helpers import CONF, tiny_overrides
 
-from tumorseg.predict import checkpoints
-from tumorseg.predict.checkpoints import (
+from tumorseg.checkpoints import (
     CheckpointDownloadError,
     checkpoint_summary,
+    download,
     load_checkpoint,
-    load_model,
     resolve_checkpoint,
 )
+from tumorseg.launch import register_resolvers
 from tumorseg.predict.predictor import Predictor
-from tumorseg.training.module import SegmentationModule
-from tumorseg.training.train import register_resolvers, train
+from tumorseg.training.module import SegmentationModule, load_model
+from tumorseg.training.train import train
 
 NETWORK = {"name": "arunet3d", "features": [4, 8, 16]}
 
@@ -224,7 +224,7 @@ def test_sha256_mismatch_of_a_cached_file_deletes_it_without_network(server, tra
 def test_missing_sha256_warns_with_the_digest_to_pin(server, trained, cache, caplog):
     url = publish(server, trained)
     digest = sha256_of(trained[1])
-    with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
+    with caplog.at_level(logging.WARNING, logger=download.__name__):
         path = resolve_checkpoint(url, progress=False, allow_http=True)
         resolve_checkpoint(url, progress=False, allow_http=True)  # cached: still not verified
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -234,7 +234,7 @@ def test_missing_sha256_warns_with_the_digest_to_pin(server, trained, cache, cap
         assert f"ckpt_sha256={digest}" in message
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger=checkpoints.__name__):
+    with caplog.at_level(logging.WARNING, logger=download.__name__):
         resolve_checkpoint(url, sha256=digest, progress=False, allow_http=True)
         resolve_checkpoint(trained[1], progress=False)  # the user's own file
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -257,7 +257,7 @@ def test_refused_connection_and_timeout_name_the_url(cache, monkeypatch):
         resolve_checkpoint(url, progress=False, allow_http=True)
     assert url in str(info.value)
 
-    monkeypatch.setattr(checkpoints, "DOWNLOAD_TIMEOUT", 0.3)
+    monkeypatch.setattr(download, "DOWNLOAD_TIMEOUT", 0.3)
     with socket.socket() as sock:  # accepts connections (backlog) but never answers
         sock.bind(("127.0.0.1", 0))
         sock.listen(1)
@@ -361,7 +361,7 @@ def test_plain_http_needs_allow_http(cache):
 def test_a_redirect_to_plain_http_is_refused(server, trained, cache):
     publish(server, trained)
     # a host that sends https requests on to plain http: the redirect handler refuses the new URL
-    handler = checkpoints._RedirectsKeepTLS(allow_http=False)
+    handler = download._RedirectsKeepTLS(allow_http=False)
     request = urllib.request.Request("https://example.org/model.ckpt")
     for target in ("http://example.org/model.ckpt", "http://mirror.example.org/model.ckpt"):
         with pytest.raises(CheckpointDownloadError, match="allow_http=true") as info:
@@ -370,7 +370,7 @@ def test_a_redirect_to_plain_http_is_refused(server, trained, cache):
     assert handler.redirect_request(request, None, 302, "Found", {}, "https://mirror.example.org/m.ckpt").full_url == (
         "https://mirror.example.org/m.ckpt"
     )
-    lenient = checkpoints._RedirectsKeepTLS(allow_http=True)
+    lenient = download._RedirectsKeepTLS(allow_http=True)
     assert lenient.redirect_request(request, None, 302, "Found", {}, "http://example.org/m.ckpt") is not None
     with pytest.raises(CheckpointDownloadError, match="not an https URL"):
         lenient.redirect_request(request, None, 302, "Found", {}, "file:///etc/passwd")
@@ -380,7 +380,7 @@ def test_a_redirect_to_plain_http_is_refused(server, trained, cache):
     url = f"{server.url}/latest.ckpt"
     part = cache / "latest.part"
     with pytest.raises(CheckpointDownloadError, match="redirects to .*/model.ckpt") as info:
-        checkpoints._download(url, part, progress=False, allow_http=False, max_bytes=checkpoints.MAX_DOWNLOAD_BYTES)
+        download._download(url, part, progress=False, allow_http=False, max_bytes=download.MAX_DOWNLOAD_BYTES)
     assert url in str(info.value)
     assert server.paths == ["/latest.ckpt"] and not part.exists()
 

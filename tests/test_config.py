@@ -10,8 +10,8 @@ from train_helpers import CONF
 
 from tumorseg.data.datamodule import BratsDataModule
 from tumorseg.inference import InferenceConfig
+from tumorseg.launch import register_resolvers
 from tumorseg.sizes import DEFAULT_PATCH_SIZE, auto_counts, auto_patch_edge, format_size, size3
-from tumorseg.training.train import register_resolvers
 
 register_resolvers()
 

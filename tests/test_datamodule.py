@@ -24,7 +24,7 @@ from tumorseg.data.datamodule import (
     read_split_file,
 )
 from tumorseg.data.layouts import DatasetError
-from tumorseg.data.synthetic import generate_dataset
+from tumorseg.phantoms import generate_dataset
 
 IDS = [f"case{i:03d}" for i in range(23)]
 

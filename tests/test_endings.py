@@ -25,12 +25,12 @@ from test_predict import SHAPE, predict_cfg, stand_in
 from train_helpers import CONF, ROOT
 
 from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, EXIT_UNUSABLE, describe_os_error, run_command
-from tumorseg.data import synthetic
 from tumorseg.data.__main__ import main as data_main
 from tumorseg.evaluate.cli import main as evaluate_main
 from tumorseg.io import atomic_write
+from tumorseg.launch import register_resolvers
+from tumorseg.phantoms import dataset as phantom_dataset
 from tumorseg.predict import PredictionError, run
-from tumorseg.training.train import register_resolvers
 
 register_resolvers()
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
@@ -364,9 +364,9 @@ def test_check_ends_an_unreadable_dataset_with_one_message(tmp_path, monkeypatch
 def test_synthetic_on_a_full_disk_keeps_the_cases_written(tmp_path, monkeypatch, capsys):
     out = tmp_path / "phantoms"
     shape = ("24", "24", "16")
-    assert synthetic.main([str(out), "--cases", "1", "--shape", *shape]) == EXIT_OK
+    assert phantom_dataset.main([str(out), "--cases", "1", "--shape", *shape]) == EXIT_OK
     before = file_bytes(out)
-    real = synthetic.write_atomic
+    real = phantom_dataset.write_atomic
 
     def write_atomic(path, content):
         if "_002" not in str(path):
@@ -375,19 +375,19 @@ def test_synthetic_on_a_full_disk_keeps_the_cases_written(tmp_path, monkeypatch,
             file.write(content[: len(content) // 2])
             raise full(path)
 
-    monkeypatch.setattr(synthetic, "write_atomic", write_atomic)
-    assert synthetic.main([str(out), "--cases", "2", "--shape", *shape]) == EXIT_UNUSABLE
+    monkeypatch.setattr(phantom_dataset, "write_atomic", write_atomic)
+    assert phantom_dataset.main([str(out), "--cases", "2", "--shape", *shape]) == EXIT_UNUSABLE
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "_002" in err and "No space left on device; free space" in err
     after = file_bytes(out)
-    manifest = [json.loads(files.pop(synthetic.MANIFEST)) for files in (before, after)]
+    manifest = [json.loads(files.pop(phantom_dataset.MANIFEST)) for files in (before, after)]
     assert after == before  # case 1 as it was, nothing of case 2 half-written
     assert manifest[1]["complete"] == manifest[0]["complete"]  # case 2 not listed as complete
     with pytest.raises(OSError):
-        synthetic.main([str(out), "--cases", "2", "--shape", *shape, "--debug"])
+        phantom_dataset.main([str(out), "--cases", "2", "--shape", *shape, "--debug"])
 
     monkeypatch.undo()
-    assert synthetic.main([str(out), "--cases", "2", "--shape", *shape]) == EXIT_OK
+    assert phantom_dataset.main([str(out), "--cases", "2", "--shape", *shape]) == EXIT_OK
     after = file_bytes(out)
     assert {k: v for k, v in after.items() if k.startswith("BraTS20_Training_001/")} == {
         k: v for k, v in before.items() if k.startswith("BraTS20_Training_001/")
@@ -397,6 +397,6 @@ def test_synthetic_on_a_full_disk_keeps_the_cases_written(tmp_path, monkeypatch,
 
 def test_synthetic_into_a_path_below_a_file(tmp_path, capsys):
     (tmp_path / "taken").write_text("a file")
-    assert synthetic.main([str(tmp_path / "taken" / "out"), "--cases", "1", "--shape", "24", "24", "16"]) == 2
+    assert phantom_dataset.main([str(tmp_path / "taken" / "out"), "--cases", "1", "--shape", "24", "24", "16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "taken" in err and len(err.splitlines()) == 1

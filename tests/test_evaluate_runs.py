@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,15 +14,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from train_helpers import CONF, ROOT, tiny_overrides
+from train_helpers import CONF, tiny_overrides
 
 from tumorseg.labels import to_internal
+from tumorseg.launch import register_resolvers
 from tumorseg.predict import Predictor, PredictSettings, dataset_cases, predict
-from tumorseg.predict.checkpoints import load_model
-from tumorseg.training.train import register_resolvers, train
-
-sys.path.insert(0, str(ROOT / "experiments"))
-import evaluate_runs as er  # noqa: E402
+from tumorseg.runs import scoring as er
+from tumorseg.training.module import load_model
+from tumorseg.training.train import train
 
 register_resolvers()
 

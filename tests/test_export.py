@@ -24,15 +24,15 @@ from test_predict import predict_cfg, save_checkpoint
 from train_helpers import CONF, ROOT
 
 from tumorseg import __version__
+from tumorseg.checkpoints import sha256_file
 from tumorseg.export import ExportError, OnnxNetwork, TorchScriptNetwork, load_exported
 from tumorseg.export.cli import run
 from tumorseg.export.runtime import METADATA_KEY
+from tumorseg.launch import register_resolvers
 from tumorseg.predict import PredictionError, dataset_cases
 from tumorseg.predict import run as predict_run
-from tumorseg.predict.checkpoints import load_model, sha256_file
 from tumorseg.predict.cli import build_predictor
-from tumorseg.training.module import SegmentationModule
-from tumorseg.training.train import register_resolvers
+from tumorseg.training.module import SegmentationModule, load_model
 
 register_resolvers()
 MODALITIES = ["flair", "t1ce"]  # not the default four: the metadata must carry them

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from brats_fixtures import MODALITIES, affine, case_id, file_name, image_data, label_data, write_case, write_nifti
 
-from tumorseg.data.layouts import CaseError, check_case, discover, load_case
+from tumorseg.data.layouts import CaseError, discover
+from tumorseg.data.reading import check_case, load_case
 from tumorseg.evaluate import evaluate_folder
 from tumorseg.io import MAX_VOXELS, NiftiError, read_label, read_nifti
 from tumorseg.predict.cases import InputCase, dataset_cases, read_case

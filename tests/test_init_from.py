@@ -19,12 +19,20 @@ from test_pretrained import NAME, NOTICE, write_registry
 from test_train import make_cfg
 from train_helpers import CONF, StartProbe, tiny_overrides
 
-from tumorseg.predict import pretrained
-from tumorseg.predict.checkpoints import sha256_file
-from tumorseg.predict.pretrained import REGISTRY_ENV, find_model, made_file, make_model, model_file
+from tumorseg.checkpoints import (
+    REGISTRY_ENV,
+    find_model,
+    made_file,
+    make_model,
+    making,
+    model_file,
+    registry,
+    sha256_file,
+)
+from tumorseg.launch import register_resolvers
 from tumorseg.training.init_from import check_same_network, load_initial_weights, recipe_hparams
 from tumorseg.training.module import SegmentationModule
-from tumorseg.training.train import register_resolvers, train
+from tumorseg.training.train import train
 
 register_resolvers()
 SOURCE_SPACING = [2.0, 2.0, 2.0]  # the tiny runs' phantoms are at 5 x 6 x 4.84 mm
@@ -180,7 +188,7 @@ def test_a_recipe_is_made_on_first_use_then_reused(tmp_path, monkeypatch, capfd)
                                  "registered_model": RECIPE}  # fmt: skip
 
     # later: found, verified against its record, not trained again
-    monkeypatch.setattr(pretrained.subprocess, "run", lambda *a, **k: pytest.fail("made twice"))
+    monkeypatch.setattr(making.subprocess, "run", lambda *a, **k: pytest.fail("made twice"))
     model = find_model(RECIPE)
     assert model_file(model) == made_file(model) == made
     module = tiny_run_module()
@@ -192,7 +200,7 @@ def test_a_recipe_is_made_on_first_use_then_reused(tmp_path, monkeypatch, capfd)
 def test_a_recipe_of_another_network_is_refused_before_it_is_made(tmp_path, monkeypatch):
     monkeypatch.setenv("TUMORSEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(REGISTRY_ENV, str(recipe_registry(tmp_path / "weights", tmp_path)))
-    monkeypatch.setattr(pretrained.subprocess, "run", lambda *a, **k: pytest.fail("made although it cannot be used"))
+    monkeypatch.setattr(making.subprocess, "run", lambda *a, **k: pytest.fail("made although it cannot be used"))
     assert recipe_hparams(find_model(RECIPE))["network"] == TINY_NETWORK
     with initialize_config_dir(str(CONF), version_base="1.3"):  # as inside train.py's Hydra application
         with pytest.raises(
@@ -210,13 +218,13 @@ def test_a_model_being_made_elsewhere_is_waited_for_then_used(tmp_path, monkeypa
     file instead of training again."""
     monkeypatch.setenv("TUMORSEG_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv(REGISTRY_ENV, str(recipe_registry(tmp_path / "weights", tmp_path)))
-    monkeypatch.setattr(pretrained.subprocess, "run", lambda *a, **k: pytest.fail("made twice"))
+    monkeypatch.setattr(making.subprocess, "run", lambda *a, **k: pytest.fail("made twice"))
     model = find_model(RECIPE)
     folder = model.path.parent
     folder.mkdir(parents=True)
     maker = FileLock(folder / "make.lock")
     maker.acquire()  # the other process, making it
-    caplog.set_level(logging.WARNING, logger="tumorseg.predict.pretrained")
+    caplog.set_level(logging.WARNING, logger="tumorseg.checkpoints.making")
     result: dict = {}
     waiter = threading.Thread(target=lambda: result.update(path=make_model(model)))
     waiter.start()
@@ -252,7 +260,7 @@ def test_the_packaged_recipes_train_the_network_they_name(monkeypatch):
     """Each phantom model of the packaged registry, made on first use, trains the network its entry
     names, with the budget of conf/experiment/phantom_model.yaml."""
     monkeypatch.delenv(REGISTRY_ENV, raising=False)
-    recipes = [m for m in pretrained.registered_models(pretrained.packaged_registry()) if not m.shipped]
+    recipes = [m for m in registry.registered_models(registry.packaged_registry()) if not m.shipped]
     assert {m.network for m in recipes} == {"linknet3d", "pspnet3d"}
     for model in recipes:
         hparams = recipe_hparams(model)

@@ -16,7 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from train_helpers import CONF, tiny_overrides
 
-from tumorseg.training.train import register_resolvers, train
+from tumorseg.launch import register_resolvers
+from tumorseg.training.train import train
 
 register_resolvers()
 

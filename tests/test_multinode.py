@@ -21,9 +21,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from train_helpers import CONF, ROOT, tiny_overrides
 
+from tumorseg.launch import register_resolvers, run_id
 from tumorseg.training.callbacks import ValidationCases
 from tumorseg.training.module import SegmentationModule
-from tumorseg.training.train import register_resolvers, run_id
 
 register_resolvers()
 REGION_METRICS = ("val/dice_mean", "val/dice_wt", "val/dice_tc", "val/dice_et")

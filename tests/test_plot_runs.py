@@ -13,11 +13,9 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "experiments") not in sys.path:
-    sys.path.insert(0, str(REPO / "experiments"))
+from tumorseg.runs.curves import PAPER_SCORES, load_run, main, paper_curves
 
-from plot_runs import PAPER_SCORES, load_run, main, paper_curves  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS_PER_EPOCH = 8

@@ -20,11 +20,10 @@ from train_helpers import CONF, ROOT
 
 from tumorseg.arrays import bounding_box
 from tumorseg.labels import remove_small_pieces
+from tumorseg.launch import register_resolvers
 from tumorseg.predict import PredictionError, Predictor, dataset_cases, postprocess, run
-from tumorseg.predict.checkpoints import load_model
 from tumorseg.predict.cli import build_predictor
-from tumorseg.training.module import SegmentationModule
-from tumorseg.training.train import register_resolvers
+from tumorseg.training.module import SegmentationModule, load_model
 
 register_resolvers()
 SHAPE = (20, 18, 16)

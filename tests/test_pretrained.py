@@ -18,25 +18,24 @@ from brats_fixtures import write_dataset
 from test_predict import SHAPE, predict_cfg, stand_in
 from train_helpers import ROOT
 
-from tumorseg.predict import PredictionError, run
-from tumorseg.predict.checkpoints import (
-    checkpoint_summary,
-    load_checkpoint,
-    load_model,
-    resolve_checkpoint,
-    sha256_file,
-)
-from tumorseg.predict.cli import build_predictor
-from tumorseg.predict.pretrained import (
+from tumorseg.checkpoints import (
     NO_MODEL_HINT,
     REGISTRY_ENV,
+    ModelError,
+    checkpoint_summary,
     default_model,
+    load_checkpoint,
     packaged_registry,
     registered_models,
+    resolve_checkpoint,
+    sha256_file,
     shipped_model,
     verify,
 )
-from tumorseg.training.train import register_resolvers
+from tumorseg.launch import register_resolvers
+from tumorseg.predict import run
+from tumorseg.predict.cli import build_predictor
+from tumorseg.training.module import load_model
 
 register_resolvers()
 NAME = "phantoms-test"
@@ -54,7 +53,7 @@ def write_registry(folder: Path, ckpt: Path | None, **changes) -> Path:
         target = shutil.copyfile(ckpt, folder / f"{NAME}.ckpt")
         entry = {
             "name": NAME, "file": target.name, "sha256": sha256_file(target), "bytes": target.stat().st_size,
-            "network": "arunet3d", "training_data": "synthetic phantoms of tumorseg.data.synthetic", "notice": NOTICE,
+            "network": "arunet3d", "training_data": "synthetic phantoms of tumorseg.phantoms", "notice": NOTICE,
         }  # fmt: skip
         models.append({**entry, **changes})
     registry = folder / "pretrained.json"
@@ -110,7 +109,7 @@ def test_a_damaged_shipped_file_is_refused_naming_it(tmp_path, edema_model, monk
     else:
         file.unlink()
         expected = f"is listed in {registry}, but its file {file} is missing"
-    with pytest.raises(PredictionError, match=expected) as raised:
+    with pytest.raises(ModelError, match=expected) as raised:
         build_predictor(predict_cfg(tmp_path))
     message = str(raised.value)
     assert str(file) in message and "reinstall tumorseg" in message and "ckpt_path=PATH" in message
@@ -120,7 +119,7 @@ def test_a_damaged_shipped_file_is_refused_naming_it(tmp_path, edema_model, monk
 def test_a_digest_that_does_not_match_the_file_is_refused(tmp_path, edema_model, monkeypatch):
     registry = write_registry(tmp_path / "weights", edema_model, sha256="0" * 64)
     monkeypatch.setenv(REGISTRY_ENV, str(registry))
-    with pytest.raises(PredictionError, match=f"{NAME} .*{tmp_path / 'weights' / NAME}.ckpt.*expected {'0' * 64}"):
+    with pytest.raises(ModelError, match=f"{NAME} .*{tmp_path / 'weights' / NAME}.ckpt.*expected {'0' * 64}"):
         shipped_model()
 
 
@@ -175,7 +174,7 @@ def test_a_registered_name_is_a_ckpt_path_and_recipes_are_never_the_default(tmp_
     with pytest.raises(FileNotFoundError, match=rf"no registered model has that name \(made-later, {NAME}\)"):
         resolve_checkpoint("made-latr")
     shipped.write_bytes(shipped.read_bytes()[:1000])
-    with pytest.raises(PredictionError, match=f"The shipped model {NAME} .* has 1000 bytes"):
+    with pytest.raises(ModelError, match=f"The shipped model {NAME} .* has 1000 bytes"):
         build_predictor(predict_cfg(tmp_path, f"ckpt_path={NAME}"))
 
 
@@ -185,7 +184,7 @@ def test_a_registry_of_recipes_only_ships_no_default(tmp_path):
               "notice": NOTICE}  # fmt: skip
     registry.write_text(json.dumps({"models": [recipe]}))
     with pytest.raises(
-        PredictionError, match=r"ships no model: .* lists none \(only models made on first use: made-later\)"
+        ModelError, match=r"ships no model: .* lists none \(only models made on first use: made-later\)"
     ):
         default_model(registry)
 
@@ -208,7 +207,7 @@ def test_a_malformed_recipe_is_reported_naming_it(tmp_path, change, expected):
     entry = {k: v for k, v in {**entry, **change}.items() if v is not None}
     registry = tmp_path / "pretrained.json"
     registry.write_text(json.dumps({"models": [entry]}))
-    with pytest.raises(PredictionError, match=rf"model 1 \(made-later\): {expected}"):
+    with pytest.raises(ModelError, match=rf"model 1 \(made-later\): {expected}"):
         registered_models(registry)
 
 
@@ -233,7 +232,7 @@ def test_a_malformed_registry_is_reported_naming_it(tmp_path, edema_model, conte
         entry.update(content)
         entry = {k: v for k, v in entry.items() if v is not None}
         registry.write_text(json.dumps({"models": [entry]}))
-    with pytest.raises(PredictionError, match=expected) as raised:
+    with pytest.raises(ModelError, match=expected) as raised:
         registered_models(registry)
     assert str(registry) in str(raised.value)
 
@@ -268,7 +267,7 @@ def test_the_packaged_registry_is_valid():
 def _packaged_models() -> list:
     try:
         return registered_models(packaged_registry())
-    except PredictionError:
+    except ModelError:
         return []  # test_the_packaged_registry_is_valid says why
 
 

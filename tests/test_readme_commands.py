@@ -1,6 +1,5 @@
-"""Every command in the ```bash blocks of the README and the experiments' guides
-(``experiments/{paper,brats,brats_cpu,pretraining}/README.md``) still works, so that the
-guides cannot rot.
+"""Every command in the ```bash blocks of the README, the user guide (``docs/**/*.md``) and the
+studies (``experiments/**/README.md``) still works, so that the guides cannot rot.
 
 Each command is extracted (backslash continuations joined, comments dropped, ``srun``/``torchrun``
 and their options stripped), classified and checked without training or predicting anything:
@@ -12,9 +11,11 @@ and their options stripped), classified and checked without training or predicti
   an Optuna search space composed at its bounds;
 * ``predict.py`` and ``python -m tumorseg.export``: ``conf/predict.yaml`` (``conf/export.yaml``)
   composed with the overrides and resolved;
+* the console scripts (``tumorseg-train``, ``tumorseg-predict``, ...) as the commands they equal
+  (``python train.py``, ``python predict.py``, ``python -m tumorseg.<package>``);
 * ``python -m tumorseg.<module>`` and ``python experiments/<script>.py``: the arguments parsed by the
   module's own parser (its ``main(argv)`` stopped right after parsing); the quick ones
-  (``tumorseg.data.synthetic`` at a tiny size, ``tumorseg.data check``, ``tumorseg.models.summary``
+  (``tumorseg.phantoms`` at a tiny size, ``tumorseg.data check``, ``tumorseg.models.summary``
   without ``--write``) also run for real on tiny inputs in a temporary folder;
 * ``bash experiments/<script>.sh ARGS``: ``bash -n``, then every ``python`` and ``bash`` command
   the script runs with ARGS (positional parameters, ``${VAR:-default}`` settings and ``"$@"``
@@ -51,7 +52,8 @@ from hydra.core.override_parser.types import IntervalSweep, Override
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from tumorseg.training.train import build, register_resolvers, resolve_precision
+from tumorseg.launch import register_resolvers
+from tumorseg.training.train import build, resolve_precision
 
 try:
     import tomllib
@@ -60,10 +62,11 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-# the guides of the experiments, checked the same way
+# the user guide and the studies, checked the same way
 GUIDES = (
     README,
-    *(ROOT / "experiments" / study / "README.md" for study in ("paper", "brats", "brats_cpu", "pretraining")),
+    *sorted((ROOT / "docs").rglob("*.md")),
+    *sorted((ROOT / "experiments").rglob("README.md")),
 )
 CONF = ROOT / "conf"
 
@@ -112,10 +115,24 @@ HYDRA_PLUGINS = {
     ("hydra/sweeper", "nevergrad"): "hydra_plugins.hydra_nevergrad_sweeper",
 }
 
-# Hydra applications: script -> the config it composes (checked against the script itself).
-HYDRA_APPS = {"train.py": "train", "predict.py": "predict"}
-# the same for `python -m` modules: module -> (its __main__ file, the config it composes)
-HYDRA_MODULES = {"tumorseg.export": ("src/tumorseg/export/__main__.py", "export")}
+# Hydra applications: script or `python -m` module -> (the file that composes, the config it composes)
+HYDRA_APPS = {
+    "train.py": ("src/tumorseg/training/cli.py", "train"),
+    "predict.py": ("src/tumorseg/predict/cli.py", "predict"),
+}
+HYDRA_MODULES = {
+    "tumorseg.export": ("src/tumorseg/export/cli.py", "export"),
+    "tumorseg.training": HYDRA_APPS["train.py"],
+    "tumorseg.predict": HYDRA_APPS["predict.py"],
+}
+# the console scripts the package installs (pyproject.toml), as the commands they equal
+CONSOLE_SCRIPTS = {
+    "tumorseg-train": ("python", "train.py"),
+    "tumorseg-predict": ("python", "predict.py"),
+    "tumorseg-export": ("python", "-m", "tumorseg.export"),
+    "tumorseg-evaluate": ("python", "-m", "tumorseg.evaluate"),
+    "tumorseg-data": ("python", "-m", "tumorseg.data"),
+}
 
 TEACH = "teach tests/test_readme_commands.py about it (or add it to its ALLOWLIST, saying why it cannot be checked)"
 
@@ -197,6 +214,8 @@ def strip_launcher(argv: list[str]) -> list[str]:
         argv = ["python", *rest] if rest else argv  # torchrun runs the script with python
     if argv and argv[0] == "python3":
         argv = ["python", *argv[1:]]
+    if argv and argv[0] in CONSOLE_SCRIPTS:
+        argv = [*CONSOLE_SCRIPTS[argv[0]], *argv[1:]]
     return argv
 
 
@@ -309,8 +328,8 @@ def load_script(path: Path) -> ModuleType:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
-    """Two phantoms written by `python -m tumorseg.data.synthetic` (its main), for the commands that read data."""
-    from tumorseg.data.synthetic import main
+    """Two phantoms written by `python -m tumorseg.phantoms` (its main), for the commands that read data."""
+    from tumorseg.phantoms.dataset import main
 
     out = tmp_path_factory.mktemp("readme") / "synthetic"
     assert main([str(out), "--cases", "2", "--shape", *TINY_SHAPE]) == 0
@@ -320,7 +339,7 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 def run_quick(name: str, main: Callable, args: list[str], ns: argparse.Namespace, request, tmp_path: Path) -> None:
     """Run for real the commands that take seconds on tiny inputs; the others were only parsed."""
-    if name == "tumorseg.data.synthetic":
+    if name == "tumorseg.phantoms":
         # the README's size and count would take minutes: 2 tiny cases, its other options kept
         out = tmp_path / "synthetic"
         tiny = [str(out), "--cases", "2", "--shape", *TINY_SHAPE, "--seed", str(ns.seed)]
@@ -431,10 +450,10 @@ APP_CHECKS = {"train": check_train_cfg, "predict": check_predict_cfg, "export": 
 
 
 def check_hydra_command(command: Command, config: str, tmp_path: Path) -> None:
-    if command.argv[1] == "-m":  # python -m tumorseg.X: its __main__ file, then the overrides
+    if command.argv[1] == "-m":  # python -m tumorseg.X: the file of its command, then the overrides
         script, given = ROOT / HYDRA_MODULES[command.argv[2]][0], list(command.argv[3:])
     else:
-        script, given = ROOT / command.argv[1], list(command.argv[2:])
+        script, given = ROOT / HYDRA_APPS[command.argv[1]][0], list(command.argv[2:])
     assert f'config_name="{config}"' in script.read_text(), f"{script.name} no longer composes {config}.yaml"
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
@@ -515,6 +534,13 @@ def check_allowlisted(argv: tuple[str, ...]) -> None:
 # ------------------------------------------------------------------------------ tests
 
 
+def test_console_scripts_are_known():
+    """Every console script of pyproject.toml is checked as the command it equals."""
+    if tomllib is None:
+        pytest.skip("tomllib is Python 3.11+")
+    assert set(CONSOLE_SCRIPTS) == set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+
+
 def test_readme_has_commands():
     assert COMMANDS, "no command found in README.md's ```bash blocks"
     assert any(c.argv[:2] == ("python", "train.py") for c in COMMANDS)
@@ -575,7 +601,7 @@ def check_command(command: Command, monkeypatch, request, tmp_path: Path, depth:
         for sub in inner:
             check_command(sub, monkeypatch, request, tmp_path, depth + 1)
     elif argv[0] == "python" and len(argv) > 1 and argv[1] in HYDRA_APPS:
-        check_hydra_command(command, HYDRA_APPS[argv[1]], tmp_path)
+        check_hydra_command(command, HYDRA_APPS[argv[1]][1], tmp_path)
     elif argv[0] == "python" and len(argv) > 2 and argv[1] == "-m" and argv[2] in HYDRA_MODULES:
         check_hydra_command(command, HYDRA_MODULES[argv[2]][1], tmp_path)
     elif argv[0] == "python" and len(argv) > 2 and argv[1] == "-m" and argv[2].startswith("tumorseg."):
@@ -592,7 +618,7 @@ def test_readme_command(command: Command, monkeypatch, request, tmp_path):
 
 
 def test_quick_commands_run_for_real(tiny_dataset, capsys):
-    """`python -m tumorseg.data.synthetic` (the fixture, at a tiny size), then `python -m tumorseg.data
+    """`python -m tumorseg.phantoms` (the fixture, at a tiny size), then `python -m tumorseg.data
     check` on its output and `python -m tumorseg.models.summary`, whatever the README shows of them."""
     from tumorseg.data.__main__ import main as data_main
     from tumorseg.models.summary import main as summary_main

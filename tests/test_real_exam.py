@@ -17,10 +17,10 @@ from test_predict import save_checkpoint, stand_in
 from test_pretrained import NAME, NOTICE, write_registry
 from train_helpers import experiment_script
 
-from tumorseg.data.synthetic import generate_dataset
+from tumorseg.checkpoints import REGISTRY_ENV
 from tumorseg.evaluate import evaluate_folder, flair_threshold
 from tumorseg.labels import REGIONS
-from tumorseg.predict.pretrained import REGISTRY_ENV
+from tumorseg.phantoms import generate_dataset
 from tumorseg.training.module import SegmentationModule
 
 

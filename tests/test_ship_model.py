@@ -1,4 +1,4 @@
-"""experiments/ship_model.py: a training checkpoint becomes the default shipped model, slimmer,
+"""experiments/shipped_model/ship_model.py: a training checkpoint becomes the default shipped model, slimmer,
 verified, and predicting exactly as the checkpoint did."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import yaml
 from test_predict import save_checkpoint, stand_in
 from train_helpers import experiment_script
 
-from tumorseg.predict.pretrained import registered_models, verify
+from tumorseg.checkpoints import registered_models, verify
 from tumorseg.training.module import SegmentationModule
 
 
 @pytest.fixture(scope="module")
 def ship_model():
-    yield from experiment_script("ship_model")
+    yield from experiment_script("shipped_model/ship_model")
 
 
 def training_run(tmp_path):

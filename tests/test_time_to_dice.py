@@ -1,5 +1,5 @@
-"""experiments/time_to_dice.py (seconds until a Dice is reached, spread over seeds) and
-experiments/resolution_ceiling.py (the Dice a prediction at output stride s can reach at most)."""
+"""experiments/quickstart/time_to_dice.py (seconds until a Dice is reached, spread over seeds) and
+experiments/output_stride/resolution_ceiling.py (the Dice a prediction at output stride s can reach at most)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from train_helpers import ROOT
 
-sys.path.insert(0, str(ROOT / "experiments"))
+sys.path[:0] = [str(ROOT / "experiments" / "quickstart"), str(ROOT / "experiments" / "output_stride")]
 import resolution_ceiling  # noqa: E402
 import time_to_dice  # noqa: E402
 
@@ -85,7 +85,7 @@ def test_resolution_ceiling_by_hand():
 
 
 def test_resolution_ceiling_on_phantoms(tmp_path, capsys):
-    from tumorseg.data.synthetic import generate_dataset
+    from tumorseg.phantoms import generate_dataset
 
     generate_dataset(tmp_path / "ph", cases=2, seed=3, shape=(48, 48, 32), workers=1, progress=False)
     assert resolution_ceiling.main([str(tmp_path / "ph"), "--strides", "1", "8"]) == 0

@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
-def experiment_script(name: str) -> Iterator[ModuleType]:
-    """``experiments/<name>.py`` imported as a module, for a fixture to yield; removed again after."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+def experiment_script(path: str) -> Iterator[ModuleType]:
+    """``experiments/<path>.py`` imported as a module, for a fixture to yield; removed again after."""
+    name = Path(path).name
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{path}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

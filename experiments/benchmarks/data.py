@@ -32,7 +32,7 @@ def synthetic_root(args: argparse.Namespace) -> Path:
     """``--root``, or BraTS-sized synthetic phantoms generated once under ``--work-dir``."""
     if args.root is not None:
         return args.root
-    from tumorseg.data.synthetic import generate_dataset
+    from tumorseg.phantoms import generate_dataset
 
     root = args.work_dir / f"synthetic-{args.cases}x240x240x155"
     generate_dataset(root, args.cases, seed=0, shape=(240, 240, 155), workers=2, progress=True)

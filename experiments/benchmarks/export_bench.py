@@ -35,20 +35,19 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.common import command_parser, device_name
+from tumorseg.checkpoints import load_checkpoint, shipped_model
 from tumorseg.cli import positive_int
 from tumorseg.export import OnnxNetwork, export_model
 from tumorseg.io import write_atomic
 from tumorseg.models import MODELS, build_model
 from tumorseg.predict import Predictor, dataset_cases
-from tumorseg.predict.checkpoints import load_checkpoint, load_model
-from tumorseg.predict.pretrained import shipped_model
 from tumorseg.sizes import auto_patch_edge
-from tumorseg.training.module import SegmentationModule
+from tumorseg.training.module import SegmentationModule, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("TUMORSEG_SHARED_DATA") or ROOT.parent / "shared" / "data")
 DEFAULT_CASE = SHARED_DATA / "real2020" / "BraTS20_Training_990"
-DEFAULT_OUT = ROOT / "experiments" / "results" / "export_cpu"
+DEFAULT_OUT = ROOT / "experiments" / "export" / "results"
 LIMIT = 1e-4  # the largest probability difference accepted between the backends
 SEED = 0
 

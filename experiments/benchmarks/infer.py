@@ -277,6 +277,23 @@ def cmd_infer(args: argparse.Namespace) -> None:
     result = time_inference(setup, args.repeats)
 
     hardware = device_name(setup.device)
+    records = infer_records(setup, result, args.repeats, hardware)
+    out = show(
+        infer_table(*infer_captions(setup, result["agreement"], args.repeats, hardware), records), records, "backend"
+    )
+    speed = records[-1]["time_ratio_vs_monai"]
+    if speed is not None:
+        verdict = (
+            f"faster here by {speed:.2f}x"
+            if speed >= 1
+            else f"slower here by {1 / speed:.2f}x than TorchIO's GridSampler + GridAggregator"
+        )
+        out.print(f"predict.py uses MONAI's sliding window ({verdict})", highlight=False)
+    emit(records, args.jsonl)
+
+
+def infer_records(setup: InferSetup, result: dict, repeats: int, hardware: str) -> list[dict]:
+    """One record per backend: the settings, the times and memory, and their ratios to MONAI's."""
     meta = {
         "benchmark": "infer",
         "model": setup.model,
@@ -290,7 +307,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
         "sw_batch": setup.sw_batch,
         "bf16": setup.bf16,
         "mirror": setup.mirror,
-        "repeats": args.repeats,
+        "repeats": repeats,
         "warmup": 1,
         "device": setup.device,
         "device_name": hardware,
@@ -326,7 +343,12 @@ def cmd_infer(args: argparse.Namespace) -> None:
                 "error": r.get("error"),
             }
         )
+    return records
 
+
+def infer_captions(setup: InferSetup, compared: dict, repeats: int, hardware: str) -> tuple[str, str]:
+    """The table's title and caption: the setting, how memory was measured, and the outputs' agreement."""
+    shape = "x".join(map(str, setup.shape))
     extras = " + mirroring (8 flips)" * setup.mirror + ", bf16 autocast" * setup.bf16
     title = (
         f"{hardware}: {setup.model} ({setup.preset}) sliding-window inference of one {setup.in_channels}x{shape} "
@@ -339,7 +361,6 @@ def cmd_infer(args: argparse.Namespace) -> None:
         if setup.device == "cuda"
         else "growth of the process's peak RSS"
     )
-    compared = result["agreement"]
     agree = (
         f"thresholded outputs (logit > 0) agree on {100 * compared['threshold_agreement']:.2f} % of voxels "
         f"(Dice {fmt(compared['threshold_dice'], '.4f')}), argmax on {100 * compared['argmax_agreement']:.2f} %; "
@@ -348,20 +369,11 @@ def cmd_infer(args: argparse.Namespace) -> None:
         else "outputs not compared: a backend failed"
     )
     caption = (
-        f"Median of {args.repeats} runs per backend after 1 warm-up, alternating. TorchIO: GridSampler + "
+        f"Median of {repeats} runs per backend after 1 warm-up, alternating. TorchIO: GridSampler + "
         f"SubjectsLoader + GridAggregator(overlap_mode='hann'), the closest TorchIO blending to MONAI's Gaussian. "
         f"Peak memory = {memory}. {agree}."
     )
-    out = show(infer_table(title, caption, records), records, "backend")
-    speed = records[-1]["time_ratio_vs_monai"]
-    if speed is not None:
-        verdict = (
-            f"faster here by {speed:.2f}x"
-            if speed >= 1
-            else f"slower here by {1 / speed:.2f}x than TorchIO's GridSampler + GridAggregator"
-        )
-        out.print(f"predict.py uses MONAI's sliding window ({verdict})", highlight=False)
-    emit(records, args.jsonl)
+    return title, caption
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -33,11 +33,10 @@ import sys
 import time
 from pathlib import Path
 
+from tumorseg.runs.timing import first_reached, read_curve
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-# a run's validation curve from its CSV log, and the seconds to a Dice, as the quick start's study reads them
-from time_to_dice import first_reached, read_curve  # noqa: E402
 
 SPLIT = HERE / "splits_brats18.json"
 SHARED_DATA = Path(os.environ.get("TUMORSEG_SHARED_DATA") or ROOT.parent / "shared" / "data")
@@ -145,7 +144,8 @@ def postprocessing_sweep(root: Path, out: Path, cases: list[str]) -> dict:
     after removing the pieces of tumour under each of ``FRACTIONS`` of the largest."""
     import numpy as np
 
-    from tumorseg.data.layouts import discover, load_case
+    from tumorseg.data.layouts import discover
+    from tumorseg.data.reading import load_case
     from tumorseg.evaluate import region_metrics
     from tumorseg.io import read_label
     from tumorseg.labels import remove_small_pieces, to_internal

@@ -11,11 +11,8 @@ RUN_DIR is a training run directory (for a multirun, outputs/<...>/multiruns/<da
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/, for plot_runs
-
-from plot_runs import main  # noqa: E402
+from tumorseg.runs.curves import main
 
 if __name__ == "__main__":
     raise SystemExit(main([*sys.argv[1:], "--reference", "paper"]))

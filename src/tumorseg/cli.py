@@ -1,8 +1,8 @@
 """What the package's command lines share: argparse types, and how every command ends.
 
-Every command (``train.py``, ``predict.py``, ``python -m tumorseg.evaluate``, ``python -m
-tumorseg.data``, ``python -m tumorseg.data.synthetic``) runs through ``run_command`` (the Hydra
-scripts through ``hydra_command``): its exit status is ``EXIT_OK``, ``EXIT_INCOMPLETE`` or
+Every command (the ``tumorseg-*`` console scripts, each the ``main`` of its package's ``cli``;
+``train.py`` and ``predict.py``; ``python -m tumorseg.phantoms``) runs through ``run_command`` (the Hydra commands
+through ``hydra_command``): its exit status is ``EXIT_OK``, ``EXIT_INCOMPLETE`` or
 ``EXIT_UNUSABLE``, and a user error (a bad option, a missing input, an unwritable output, a full
 disk) ends as one message on stderr naming the option or file and what to do. The traceback is shown
 only on request: ``--debug``, or ``HYDRA_FULL_ERROR=1`` for the Hydra scripts. The scripts in
@@ -131,9 +131,18 @@ def explain(error: Exception, describe: Describe | None = None) -> bool:
     return message is not None
 
 
-def hydra_command(task: Callable[[Any], Any], config_name: str, config_path: str = "conf") -> int:
-    """Run ``task`` as ``@hydra.main(config_path=..., config_name=...)`` would (``config_path``
-    relative to the task's file), with the endings of ``run_command``, config mistakes included.
+def prog_name(module: str) -> str | None:
+    """The name a command's usage line shows: ``python -m <module>`` when run so, else None (argparse
+    then shows the console script's name, e.g. ``tumorseg-data``)."""
+    return f"python -m {module}" if Path(sys.argv[0]).name == "__main__.py" else None
+
+
+def hydra_command(task: Callable[[Any], Any], config_name: str, config_path: str | None = None) -> int:
+    """Run ``task`` as ``@hydra.main(config_path=..., config_name=...)`` would, with the endings of
+    ``run_command``, config mistakes included. ``config_path`` is a folder (relative to the task's
+    file, or absolute) or a ``pkg://`` package; it defaults to the installed configs
+    (``tumorseg.launch.CONF``). ``hydra.searchpath=[file:///my/conf]`` on the command line adds a
+    user's own config folder to it.
 
     Hydra reports the errors of composition (an unknown option, a typo'd key) and of the task with a
     traceback and exit status 1, unless ``HYDRA_FULL_ERROR=1``, when it re-raises them: that is set
@@ -144,12 +153,18 @@ def hydra_command(task: Callable[[Any], Any], config_name: str, config_path: str
     """
     import hydra
 
-    conf_dir = Path(inspect.getfile(task)).resolve().parent / config_path
+    from tumorseg.launch import CONF, conf_dir
+
+    config_path = config_path or CONF
+    if config_path.startswith("pkg://"):
+        folder = conf_dir()
+    else:
+        folder = Path(inspect.getfile(task)).resolve().parent / config_path
     user = os.environ.get(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", ""))
     debug = user == "1"
 
     def describe(error: Exception) -> str | None:
-        return describe_config_error(error, conf_dir)
+        return describe_config_error(error, folder)
 
     @functools.wraps(task)  # Hydra unwraps it to find the task's file, its name and config folder
     def job(cfg):
@@ -215,7 +230,7 @@ def _unknown_key(cause, conf_dir: Path, override: str, value: str) -> str:
     rest = override[len(full_key) :] if override.startswith(full_key) else ""
     keys = {str(k) for k in (cause.parent_node.keys() if cause.parent_node is not None else ())}
     if not prefix:
-        keys |= {p.name for p in conf_dir.iterdir() if p.is_dir()}
+        keys |= {p.name for p in conf_dir.iterdir() if p.is_dir() and not p.name.startswith("__")}
     keys = sorted(keys - {"hydra"})
     close = _did_you_mean(key, keys, prefix, f"{rest}={value}")
     if close and prefix:

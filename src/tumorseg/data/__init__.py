@@ -1,4 +1,4 @@
-"""BraTS/MSD readers, dataset checks, synthetic phantoms, the preprocessing cache and the datamodule.
+"""BraTS/MSD readers, dataset checks, the preprocessing cache and the datamodule.
 
 Heavy modules (the datamodule pulls in Lightning and TorchIO) are imported where they are used:
 ``from tumorseg.data.datamodule import BratsDataModule``.
@@ -12,10 +12,9 @@ from tumorseg.data.layouts import (
     Discovery,
     Problem,
     Volume,
-    check_case,
     discover,
-    load_case,
 )
+from tumorseg.data.reading import check_case, load_case
 from tumorseg.labels import CLASSES, CONVENTIONS, MODALITIES, REGIONS, from_internal, to_internal, to_regions
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Preprocessing cache: every case cropped, normalised and stored once, memory-mappable.
 
-Each case is read once (``layouts.check_case``, which also finds its problems), cropped to the
+Each case is read once (``reading.check_case``, which also finds its problems), cropped to the
 bounding box of the brain (voxels non-zero in any modality: BraTS images are skull-stripped with a
 zero background), optionally resampled, z-scored per modality over brain voxels (background 0),
 and stored uncompressed as ``.npy`` files that training opens with ``np.load(mmap_mode="c")``:
@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from tumorseg.arrays import bounding_box
-from tumorseg.data.layouts import Case, Discovery, Problem, Volume, check_case
+from tumorseg.data.layouts import Case, Discovery, Problem, Volume
+from tumorseg.data.reading import check_case
 from tumorseg.io import atomic_path, write_atomic
 from tumorseg.labels import MODALITIES
 

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tumorseg.data.layouts import CONVENTION_LAYOUTS, Case, DatasetError, Problem, check_case, convention_hint, discover
+from tumorseg.data.layouts import CONVENTION_LAYOUTS, Case, DatasetError, Problem, convention_hint, discover
+from tumorseg.data.reading import check_case
 from tumorseg.labels import ALL_CONVENTIONS
 
 

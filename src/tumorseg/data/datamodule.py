@@ -539,7 +539,7 @@ class SyntheticDataModule(BratsDataModule):
             )
         shape = tuple(int(s) for s in shape)
         self.cases, self.shape, self.data_seed = cases, shape, data_seed
-        from tumorseg.data.synthetic import PHANTOM_VERSION, phantom_spacing
+        from tumorseg.phantoms import PHANTOM_VERSION, phantom_spacing
 
         # the version in the name: phantoms of an older generator stay where they are, untouched
         name = f"{cases}x{'x'.join(map(str, shape))}-seed{data_seed}-v{PHANTOM_VERSION}"
@@ -551,7 +551,7 @@ class SyntheticDataModule(BratsDataModule):
             self.preprocess_config = replace(config, spacing=phantom_spacing(shape))
 
     def generate(self, progress: bool = True) -> None:
-        from tumorseg.data.synthetic import generate_dataset
+        from tumorseg.phantoms import generate_dataset
 
         generate_dataset(
             self.root, self.cases, seed=self.data_seed, shape=self.shape, workers=self.preprocess_workers,

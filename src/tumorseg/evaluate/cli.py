@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, add_debug_option, positive_int, run_command
+from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, add_debug_option, positive_int, prog_name, run_command
 from tumorseg.data.layouts import select_cases
 from tumorseg.evaluate.folder import LABEL_CHOICES, evaluate_folder
 from tumorseg.evaluate.lesionwise import TASKS
@@ -17,14 +17,14 @@ from tumorseg.evaluate.reports import MODES, print_result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tumorseg.evaluate``: evaluate, write the CSV and JSON, print the summary.
+    """``tumorseg-evaluate`` (``python -m tumorseg.evaluate``): evaluate, write the CSV and JSON, print the summary.
 
     Returns:
         0 when every case was evaluated, 1 when a case has no counterpart or failed, 2 when the
         inputs cannot be used at all or the outputs cannot be written (``tumorseg.cli.run_command``).
     """
     parser = argparse.ArgumentParser(
-        prog="python -m tumorseg.evaluate",
+        prog=prog_name("tumorseg.evaluate"),
         description="BraTS evaluation (Dice, HD95, sensitivity, specificity, volumes of WT, TC, ET; with "
         "--labels brats2024 of ET, NETC, SNFH, RC, TC, WT; or the BraTS 2023 lesion-wise Dice and HD95) of "
         "predicted label maps against references.",

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -288,100 +288,126 @@ def evaluate_folder(
         EvaluationError: ``pred`` or ``ref`` is missing or holds no label files, or ``labels``,
             ``metrics`` or ``task`` is unknown.
     """
-    if labels not in LABEL_CHOICES:
-        raise EvaluationError(f"unknown label convention {labels!r}; choose one of {', '.join(LABEL_CHOICES)}.")
-    if metrics not in MODES:
-        raise EvaluationError(f"unknown metrics {metrics!r}; choose one of {', '.join(MODES)}.")
-    if task not in TASKS:
-        raise EvaluationError(f"unknown BraTS task {task!r}; choose one of {', '.join(TASKS)}.")
+    _check_options(labels, metrics, task)
     pred, ref = Path(pred).expanduser(), Path(ref).expanduser()
-    errors: dict[str, str] = {}
-    if pred.is_file():
-        predictions = {_single_case_id(pred): pred}
-        default_out = pred.parent / f"{next(iter(predictions))}_metrics.csv"
-    elif pred.is_dir():
-        predictions, duplicates = _label_files(pred)
-        errors.update(duplicates)
-        if not predictions and not duplicates:
-            raise EvaluationError(f"the prediction folder {pred} holds no <case_id>.nii.gz label files.")
-        default_out = pred / "metrics.csv"
-    else:
-        raise EvaluationError(f"the prediction {pred} does not exist.")
+    predictions, errors, default_out = _predictions(pred, metrics)
     references = _references(ref, labels)
     errors.update(references.errors)
-    if pred.is_file():
-        # one prediction file: evaluate that case only, and pair two single files whatever their names
+    if pred.is_file():  # one prediction file: that case only, two single files paired whatever their names
         (case_id,) = predictions
-        if ref.is_file():
-            references.files = {case_id: next(iter(references.files.values()))}
-        references.files = {case: path for case, path in references.files.items() if case == case_id}
-
+        files = references.files
+        references.files = {case_id: next(iter(files.values()))} if ref.is_file() else _only(files, [case_id])
     if cases is not None:
-        chosen_ids = {str(c) for c in cases}
-        predictions = {c: p for c, p in predictions.items() if c in chosen_ids}
-        references.files = {c: p for c, p in references.files.items() if c in chosen_ids}
-        errors = {c: e for c, e in errors.items() if c in chosen_ids}
-    missing: dict[str, str] = {}
-    if cases is not None:
-        for case_id in sorted(chosen_ids - predictions.keys() - references.files.keys() - errors.keys()):
-            missing[case_id] = "listed in `cases` but neither predicted nor in the references"
-    for case_id in sorted(predictions.keys() - references.files.keys() - errors.keys()):
-        why = f" ({references.notes[case_id]})" if case_id in references.notes else ""
-        missing[case_id] = f"no reference for the prediction {predictions[case_id]}{why}"
-    where = pred if pred.is_dir() else pred.parent
-    for case_id in sorted(references.files.keys() - predictions.keys() - errors.keys()):
-        missing[case_id] = (
-            f"no prediction for the reference {references.files[case_id]} (expected {where / case_id}.nii.gz)"
-        )
+        predictions, errors = _only(predictions, cases), _only(errors, cases)
+        references.files = _only(references.files, cases)
+    missing = _unpaired(predictions, references, errors, cases, pred if pred.is_dir() else pred.parent)
     matched = sorted((predictions.keys() & references.files.keys()) - errors.keys())
+    jobs = [_Job(c, predictions[c], references.files[c], "", "", metrics, task) for c in matched]
+    jobs, chosen, reason = _choose_conventions(jobs, references, labels, errors, workers, progress)
+    label_set = convention_label_set(chosen)
+    rows = _evaluate(jobs, errors, workers, progress, label_set.regions)
+    result = EvaluationResult(
+        rows=rows, summary=summarise(rows, metrics, label_set.regions), missing=dict(sorted(missing.items())),
+        errors=dict(sorted(errors.items())), labels=chosen, labels_reason=reason, mode=metrics,
+        task=task if metrics == "lesionwise" else "", label_set=label_set.name,
+    )  # fmt: skip
+    _write(result, Path(out).expanduser() if out is not None else default_out)
+    return result
 
-    def job(case_id: str, pred_labels: str, ref_labels: str) -> _Job:
-        return _Job(case_id, predictions[case_id], references.files[case_id], pred_labels, ref_labels, metrics, task)
 
-    if references.layout is not None:
-        chosen = references.layout if labels == "auto" else labels
-        reason = f"{chosen} ({'the convention of the reference dataset' if labels == 'auto' else 'as given'})"
-        jobs = [job(case_id, chosen, references.conventions[case_id]) for case_id in matched]
-    elif labels != "auto":
-        chosen, reason = labels, f"{labels} (as given)"
-        jobs = [job(case_id, labels, labels) for case_id in matched]
-    else:
-        values: set[int] = set()
-        probe = [job(case_id, "", "") for case_id in matched]
-        for case_id, case_values, error in _run(_values_job, probe, workers, "Reading label values", progress):
-            if error is None:
-                values |= case_values
-            else:
-                errors[case_id] = error
-        chosen = _choose_labels(values)
-        shown = ", ".join(map(str, sorted(values))) or "none"
-        reason = f"{chosen} (chosen from the label values found in the files: {shown})"
-        jobs = [job(case_id, chosen, chosen) for case_id in matched if case_id not in errors]
+def _write(result: EvaluationResult, csv_path: Path) -> None:
+    """The CSV and, beside it, the JSON."""
+    result.csv_path, result.json_path = csv_path, csv_path.with_suffix(".json")
+    write_csv(result.rows, result.csv_path, ("case_id", "region", *MODES[result.mode]))
+    write_json(result, result.json_path)
 
+
+def _only(found: dict, cases: Sequence[str]) -> dict:
+    chosen = {str(c) for c in cases}
+    return {case: value for case, value in found.items() if case in chosen}
+
+
+def _evaluate(
+    jobs: list[_Job], errors: dict[str, str], workers: int, progress: bool, regions: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The metric rows of every job, by case and in the order of ``regions``; a case that fails goes
+    to ``errors``."""
     rows: list[dict[str, Any]] = []
     for case_id, case_rows, error in _run(_evaluate_job, jobs, workers, "Evaluating cases", progress):
         if error is None:
             rows.extend(case_rows)
         else:
             errors[case_id] = error
-    label_set = convention_label_set(chosen)
-    order = {region: index for index, region in enumerate(label_set.regions)}
-    rows.sort(key=lambda row: (row["case_id"], order[row["region"]]))
-    result = EvaluationResult(
-        rows=rows,
-        summary=summarise(rows, metrics, label_set.regions),
-        missing=dict(sorted(missing.items())),
-        errors=dict(sorted(errors.items())),
-        labels=chosen,
-        labels_reason=reason,
-        mode=metrics,
-        task=task if metrics == "lesionwise" else "",
-        label_set=label_set.name,
-    )
-    if metrics == "lesionwise":  # beside the whole-volume metrics.csv, not over it
-        default_out = default_out.with_name(f"{default_out.stem}_lesionwise.csv")
-    csv_path = Path(out).expanduser() if out is not None else default_out
-    result.csv_path, result.json_path = csv_path, csv_path.with_suffix(".json")
-    write_csv(result.rows, result.csv_path, ("case_id", "region", *MODES[metrics]))
-    write_json(result, result.json_path)
-    return result
+    order = {region: index for index, region in enumerate(regions)}
+    return sorted(rows, key=lambda row: (row["case_id"], order[row["region"]]))
+
+
+def _check_options(labels: str, metrics: str, task: str) -> None:
+    if labels not in LABEL_CHOICES:
+        raise EvaluationError(f"unknown label convention {labels!r}; choose one of {', '.join(LABEL_CHOICES)}.")
+    if metrics not in MODES:
+        raise EvaluationError(f"unknown metrics {metrics!r}; choose one of {', '.join(MODES)}.")
+    if task not in TASKS:
+        raise EvaluationError(f"unknown BraTS task {task!r}; choose one of {', '.join(TASKS)}.")
+
+
+def _predictions(pred: Path, metrics: str) -> tuple[dict[str, Path], dict[str, str], Path]:
+    """The prediction files (case id -> path), the duplicates' errors, and the default CSV path (the
+    lesion-wise metrics' beside the whole-volume ``metrics.csv``, not over it)."""
+    suffix = "_lesionwise" if metrics == "lesionwise" else ""
+    if pred.is_file():
+        predictions = {_single_case_id(pred): pred}
+        return predictions, {}, pred.parent / f"{next(iter(predictions))}_metrics{suffix}.csv"
+    if not pred.is_dir():
+        raise EvaluationError(f"the prediction {pred} does not exist.")
+    predictions, duplicates = _label_files(pred)
+    if not predictions and not duplicates:
+        raise EvaluationError(f"the prediction folder {pred} holds no <case_id>.nii.gz label files.")
+    return predictions, dict(duplicates), pred / f"metrics{suffix}.csv"
+
+
+def _unpaired(
+    predictions: dict[str, Path], references: _References, errors: dict[str, str], cases, where: Path
+) -> dict[str, str]:
+    """Case id -> why it cannot be evaluated: listed but absent, or without its counterpart."""
+    missing: dict[str, str] = {}
+    if cases is not None:
+        listed = {str(c) for c in cases}
+        for case_id in sorted(listed - predictions.keys() - references.files.keys() - errors.keys()):
+            missing[case_id] = "listed in `cases` but neither predicted nor in the references"
+    for case_id in sorted(predictions.keys() - references.files.keys() - errors.keys()):
+        why = f" ({references.notes[case_id]})" if case_id in references.notes else ""
+        missing[case_id] = f"no reference for the prediction {predictions[case_id]}{why}"
+    for case_id in sorted(references.files.keys() - predictions.keys() - errors.keys()):
+        missing[case_id] = (
+            f"no prediction for the reference {references.files[case_id]} (expected {where / case_id}.nii.gz)"
+        )
+    return missing
+
+
+def _choose_conventions(
+    jobs: list[_Job], references: _References, labels: str, errors: dict[str, str], workers: int, progress: bool
+) -> tuple[list[_Job], str, str]:
+    """The jobs with the label conventions of their files, the predictions' convention and why it
+    was chosen; with ``labels="auto"`` and plain files, from the label values found (read errors go
+    to ``errors``)."""
+    if references.layout is not None:
+        chosen = references.layout if labels == "auto" else labels
+        reason = f"{chosen} ({'the convention of the reference dataset' if labels == 'auto' else 'as given'})"
+        return (
+            [replace(j, pred_labels=chosen, ref_labels=references.conventions[j.case_id]) for j in jobs],
+            chosen,
+            reason,
+        )
+    if labels != "auto":
+        return [replace(j, pred_labels=labels, ref_labels=labels) for j in jobs], labels, f"{labels} (as given)"
+    values: set[int] = set()
+    for case_id, case_values, error in _run(_values_job, jobs, workers, "Reading label values", progress):
+        if error is None:
+            values |= case_values
+        else:
+            errors[case_id] = error
+    chosen = _choose_labels(values)
+    shown = ", ".join(map(str, sorted(values))) or "none"
+    reason = f"{chosen} (chosen from the label values found in the files: {shown})"
+    return [replace(j, pred_labels=chosen, ref_labels=chosen) for j in jobs if j.case_id not in errors], chosen, reason

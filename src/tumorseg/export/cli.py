@@ -1,19 +1,23 @@
-"""``python -m tumorseg.export``: export a checkpoint's network (``ckpt_path``, or the model shipped
-with the package when it is null) to ``out`` as ONNX or TorchScript, verified first; options in
-``conf/export.yaml``. Unlike the rest of ``tumorseg.export``, which ``tumorseg.predict`` uses, this
-command reads checkpoints with ``tumorseg.predict`` (downloads, checks, the shipped models)."""
+"""The export command, ``tumorseg-export`` (``python -m tumorseg.export``): export a checkpoint's
+network (``ckpt_path``, or the model shipped with the package when it is null) to ``out`` as ONNX or
+TorchScript, verified first; options in ``conf/export.yaml``. Exit status: 0 written, 2 nothing
+written: a mistake or a failed check, explained in one message (``HYDRA_FULL_ERROR=1`` adds the
+traceback)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from tumorseg.cli import EXIT_OK
+from tumorseg.checkpoints import could_be_name, find_model, resolve_checkpoint, sha256_file, shipped_model
+from tumorseg.cli import EXIT_OK, hydra_command
 from tumorseg.export.exporter import FORMATS, Exported, check_out, export_model, write_export
 from tumorseg.export.runtime import ExportError, is_export
-from tumorseg.predict.checkpoints import load_model, resolve_checkpoint, sha256_file
+from tumorseg.launch import register_resolvers
+from tumorseg.training.module import load_model
 
 _DYNAMIC = {"auto": None, True: True, False: False}
 
@@ -32,7 +36,7 @@ def export_checkpoint(
     """Export the network of a training checkpoint to ``out``, verified first: ``python -m tumorseg.export``.
 
     Args:
-        ckpt_path: a checkpoint file or https URL (``tumorseg.predict.checkpoints.resolve_checkpoint``).
+        ckpt_path: a checkpoint file or https URL (``tumorseg.checkpoints.resolve_checkpoint``).
         out: the file to write (``.onnx`` for ONNX).
         format: ``"onnx"`` or ``"torchscript"``. Defaults to ``"onnx"``.
         overwrite: replace an existing ``out``. Defaults to False.
@@ -68,7 +72,6 @@ def run(cfg) -> int:
         raise ExportError(f"dynamic={cfg.dynamic!r}: choose auto, true or false.")
     if OmegaConf.is_missing(cfg, "out") or not cfg.out:
         raise ExportError(f"Give the file to write: out=model{FORMATS[cfg.format]}.")
-    from tumorseg.predict.pretrained import could_be_name, find_model, shipped_model
 
     spec = cfg.ckpt_path
     if spec is None:
@@ -87,3 +90,17 @@ def run(cfg) -> int:
     if cfg.format == "torchscript":
         print("Note: PyTorch marks TorchScript deprecated (torch.jit warns and points to torch.export); prefer ONNX.")
     return EXIT_OK
+
+
+def _task(cfg) -> None:
+    """The task Hydra runs with the config composed from ``export.yaml`` and the overrides."""
+    status = run(cfg)
+    if status:
+        sys.exit(status)
+
+
+def main(config_path: str | None = None) -> int:
+    """``tumorseg-export ckpt_path=CKPT out=model.onnx``: export a trained network on the installed
+    configs, or on the config folder ``config_path``; returns the exit status."""
+    register_resolvers()
+    return hydra_command(_task, config_name="export", config_path=config_path)

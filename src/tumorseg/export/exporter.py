@@ -309,7 +309,7 @@ def export_model(
     """Export ``model``'s network and check it against PyTorch, in memory.
 
     Args:
-        model: a trained ``SegmentationModule`` (``tumorseg.predict.checkpoints.load_model``).
+        model: a trained ``SegmentationModule`` (``tumorseg.training.module.load_model``).
         format: ``"onnx"`` or ``"torchscript"``. Defaults to ``"onnx"``.
         dynamic: spatial axes dynamic (True), fixed at the checkpoint's window (False), or dynamic
             where the network allows it (None). Defaults to None.

@@ -63,18 +63,9 @@ def segmentation_panel(
         ValueError: the shapes of ``image``, ``pred`` and ``label`` do not match, or ``axis`` or
             ``index`` is out of range.
     """
-    image = np.asarray(image)
-    pred = np.asarray(pred)
+    image, pred = np.asarray(image), np.asarray(pred)
     label = None if label is None else np.asarray(label)
-    if image.ndim != 4 or pred.shape != image.shape[1:] or (label is not None and label.shape != pred.shape):
-        shapes = f"image {image.shape}, pred {pred.shape}" + ("" if label is None else f", label {label.shape}")
-        raise ValueError(f"Expected image (C, X, Y, Z) and pred/label (X, Y, Z) of the same size; got {shapes}.")
-    if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0, 1 or 2, got {axis}.")
-    if index is None:
-        index = _largest_tumour_slice(label if label is not None and label.any() else pred, axis)
-    elif not 0 <= index < pred.shape[axis]:
-        raise ValueError(f"Slice index {index} is out of range for axis {axis} of size {pred.shape[axis]}.")
+    index = _panel_slice(image, pred, label, axis, index)
     if origin is None:
         origin = "upper" if axis == 2 else "lower"
 
@@ -96,17 +87,30 @@ def segmentation_panel(
         ax.imshow(scans[0], vmin=windows[0][0], vmax=windows[0][1], **show)
         ax.imshow(overlay_rgba(np.take(volume, index, axis=axis).T, colours), origin=origin, interpolation="nearest")
         ax.set_title(f"{name} on {MODALITY_TITLES.get(names[0], names[0])}")
-    axes[-1].legend(
-        handles=[Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in colours.values()],
-        loc="lower right",
-        fontsize=8,
-        framealpha=0.8,
-    )
+    axes[-1].legend(handles=_legend_handles(colours), loc="lower right", fontsize=8, framealpha=0.8)
     for ax in axes:
         ax.set_axis_off()
     where = f"{AXIS_NAMES[axis]} slice {index} of {pred.shape[axis]}"
     fig.suptitle(f"{title}, {where}" if title else where)
     return fig
+
+
+def _panel_slice(image: np.ndarray, pred: np.ndarray, label: np.ndarray | None, axis: int, index: int | None) -> int:
+    """The slice ``segmentation_panel`` shows, once the shapes, ``axis`` and ``index`` are checked."""
+    if image.ndim != 4 or pred.shape != image.shape[1:] or (label is not None and label.shape != pred.shape):
+        shapes = f"image {image.shape}, pred {pred.shape}" + ("" if label is None else f", label {label.shape}")
+        raise ValueError(f"Expected image (C, X, Y, Z) and pred/label (X, Y, Z) of the same size; got {shapes}.")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis}.")
+    if index is None:
+        return _largest_tumour_slice(label if label is not None and label.any() else pred, axis)
+    if not 0 <= index < pred.shape[axis]:
+        raise ValueError(f"Slice index {index} is out of range for axis {axis} of size {pred.shape[axis]}.")
+    return index
+
+
+def _legend_handles(colours: Mapping[int, tuple[str, tuple[float, float, float]]]) -> list[Patch]:
+    return [Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in colours.values()]
 
 
 def orthogonal_views(
@@ -151,31 +155,11 @@ def orthogonal_views(
         ValueError: ``image`` and ``label`` are not 3D or their shapes differ, ``spacing`` is not
             three positive numbers, or ``centre`` is not a voxel of the volume.
     """
-    image = np.asarray(image)
-    label = np.asarray(label)
-    if image.ndim != 3 or label.shape != image.shape:
-        raise ValueError(
-            f"Expected image and label of the same (X, Y, Z) shape; got image {image.shape}, label {label.shape}."
-        )
-    sizes = tuple(float(s) for s in np.ravel(spacing)) if np.size(spacing) == 3 else ()
-    if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
-        raise ValueError(f"spacing must be three positive voxel sizes (x, y, z), got {spacing!r}.")
+    image, label = np.asarray(image), np.asarray(label)
+    sizes = _view_spacing(image, label, spacing)
     shape = image.shape
-    tumour = label > 0
-    has_tumour = bool(tumour.any())
-    if centre is not None:
-        if len(centre) != 3 or not all(0 <= int(c) < n for c, n in zip(centre, shape)):
-            raise ValueError(f"centre {tuple(centre)} is not a voxel of a volume of shape {shape}.")
-        point = tuple(int(c) for c in centre)
-        where = "through voxel"
-    elif has_tumour:
-        point = tuple(int(c) for c in np.rint(np.argwhere(tumour).mean(axis=0)))
-        where = "through the tumour's centre of mass"
-    else:
-        point = tuple(n // 2 for n in shape)
-        where = "through the volume centre"
+    point, where = _view_centre(label, centre)
     x, y, z = point
-    sx, sy, sz = sizes
     low, high = window(image)
 
     # plane, slice axis, (columns, rows) voxel axes after the transpose, origin, crosshair (vertical, horizontal)
@@ -193,41 +177,46 @@ def orthogonal_views(
     axes = fig.subplots(1, 3, width_ratios=widths)
     for ax, (plane, axis, (cols, rows), origin, (vertical, horizontal)) in zip(axes, views):
         index = point[axis]
-        ax.imshow(
-            np.take(image, index, axis=axis).T,
-            cmap="gray",
-            vmin=low,
-            vmax=high,
-            origin=origin,
-            interpolation="nearest",
-            aspect=sizes[rows] / sizes[cols],
-        )
-        ax.imshow(
-            overlay_rgba(np.take(label, index, axis=axis).T, colours),
-            origin=origin,
-            interpolation="nearest",
-            aspect=sizes[rows] / sizes[cols],
-        )
+        show = {"origin": origin, "interpolation": "nearest", "aspect": sizes[rows] / sizes[cols]}
+        ax.imshow(np.take(image, index, axis=axis).T, cmap="gray", vmin=low, vmax=high, **show)
+        ax.imshow(overlay_rgba(np.take(label, index, axis=axis).T, colours), **show)
         for line in (ax.axvline(vertical), ax.axhline(horizontal)):
             line.set(color="cyan", linewidth=0.6, alpha=0.6)
         ax.set_title(f"{plane} slice {index} of {shape[axis]}")
         ax.set_axis_off()
     fig.legend(
-        handles=[Patch(color=colour, alpha=OVERLAY_ALPHA + 0.2, label=n) for n, colour in colours.values()],
-        loc="outside lower center",
-        ncols=len(colours),
-        fontsize=9,
-        frameon=False,
+        handles=_legend_handles(colours), loc="outside lower center", ncols=len(colours), fontsize=9, frameon=False
     )
-    name = MODALITY_TITLES.get(modality.lower(), modality)
-    text = f"{name} with segmentation {where} ({x}, {y}, {z})"
-    if not has_tumour:
-        text += ", no tumour segmented"
-    if (sx, sy, sz) != (1.0, 1.0, 1.0):
-        text += f", voxels {sx:g} x {sy:g} x {sz:g} mm"
+    text = f"{MODALITY_TITLES.get(modality.lower(), modality)} with segmentation {where} ({x}, {y}, {z})"
+    text += "" if (label > 0).any() else ", no tumour segmented"
+    text += "" if sizes == (1.0, 1.0, 1.0) else ", voxels {:g} x {:g} x {:g} mm".format(*sizes)
     fig.suptitle(f"{title}, {text}" if title else text)
     fig.centre = point
     return fig
+
+
+def _view_spacing(image: np.ndarray, label: np.ndarray, spacing: Sequence[float]) -> tuple[float, float, float]:
+    """``spacing`` as three floats, once the shapes and the voxel sizes are checked."""
+    if image.ndim != 3 or label.shape != image.shape:
+        raise ValueError(
+            f"Expected image and label of the same (X, Y, Z) shape; got image {image.shape}, label {label.shape}."
+        )
+    sizes = tuple(float(s) for s in np.ravel(spacing)) if np.size(spacing) == 3 else ()
+    if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
+        raise ValueError(f"spacing must be three positive voxel sizes (x, y, z), got {spacing!r}.")
+    return sizes
+
+
+def _view_centre(label: np.ndarray, centre: Sequence[int] | None) -> tuple[tuple[int, int, int], str]:
+    """The voxel the three planes go through, and how it was chosen (for the title)."""
+    tumour = label > 0
+    if centre is not None:
+        if len(centre) != 3 or not all(0 <= int(c) < n for c, n in zip(centre, label.shape)):
+            raise ValueError(f"centre {tuple(centre)} is not a voxel of a volume of shape {label.shape}.")
+        return tuple(int(c) for c in centre), "through voxel"
+    if tumour.any():
+        return tuple(int(c) for c in np.rint(np.argwhere(tumour).mean(axis=0))), "through the tumour's centre of mass"
+    return tuple(n // 2 for n in label.shape), "through the volume centre"
 
 
 def _largest_tumour_slice(labels: np.ndarray, axis: int) -> int:

@@ -11,7 +11,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tumorseg.data.layouts import LAYOUTS, Case, CaseError, Problem, discover, load_case
+from tumorseg.data.layouts import LAYOUTS, Case, CaseError, Problem, discover
+from tumorseg.data.reading import load_case
 from tumorseg.io import NiftiError, grid_mismatch, read_nifti, spacing
 from tumorseg.labels import MODALITIES
 

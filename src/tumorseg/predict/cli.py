@@ -1,4 +1,5 @@
-"""``predict.py``: resolve and load the checkpoints (the model shipped with the package when none
+"""The prediction command, ``tumorseg-predict`` (``python -m tumorseg.predict``, and ``predict.py`` of
+a checkout on the ``conf/`` beside it): resolve and load the checkpoints (the model shipped with the package when none
 is given), find the cases, segment them with one ``Predictor`` and write, per case, a uint8 NIfTI
 in the input's label convention and space, a PNG of three orthogonal views and optional
 probability maps, then a ``summary.csv`` of tumour volumes and, where the input has references,
@@ -9,6 +10,7 @@ runs on the device.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,9 +20,11 @@ import numpy as np
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, OUTPUT_FULL, describe_os_error
+from tumorseg.checkpoints import could_be_name, find_model, shipped_model
+from tumorseg.cli import EXIT_INCOMPLETE, EXIT_OK, OUTPUT_FULL, describe_os_error, hydra_command
 from tumorseg.data.layouts import CaseError, Problem, select_cases
 from tumorseg.labels import ALL_CONVENTIONS, BRATS2023, LabelSet
+from tumorseg.launch import register_resolvers
 from tumorseg.predict.cases import InputCase, PredictionError, explicit_case, find_cases
 from tumorseg.predict.predictor import CaseReader, Predictor, PreparedCase
 from tumorseg.predict.writers import write_label, write_png, write_probabilities, write_summary
@@ -215,7 +219,6 @@ def build_predictor(cfg) -> Predictor:
     shipped model, verified; registered models by name), run by ``backend`` (exports by their own
     runtime); each test-time option that is null keeps every checkpoint's own setting. A registered
     model's notice is printed once."""
-    from tumorseg.predict.pretrained import could_be_name, find_model, shipped_model
 
     specs = [] if OmegaConf.is_missing(cfg, "ckpt_path") else _as_list(cfg.ckpt_path)
     if not specs:
@@ -236,9 +239,10 @@ def build_predictor(cfg) -> Predictor:
 
 
 def run(cfg) -> int:
-    """``predict.py``: resolve and load the checkpoints (the shipped model when ``ckpt_path`` is
-    null), find the cases, segment them, evaluate against references where the input has them;
-    returns the exit status."""
+    """The prediction command, ``tumorseg-predict`` (``python -m tumorseg.predict``, and ``predict.py`` of
+    a checkout on the ``conf/`` beside it): resolve and load the checkpoints (the shipped model when ``ckpt_path`` is
+        null), find the cases, segment them, evaluate against references where the input has them;
+        returns the exit status."""
     predictor = build_predictor(cfg)
     for line in predictor.describe():
         log.info("Settings of %s", line)
@@ -332,3 +336,19 @@ def format_report(report: PredictReport, out_dir: Path, elapsed: float) -> str:
     if report.summary_csv:
         lines.append(f"Volumes: {report.summary_csv}")
     return "\n".join(lines)
+
+
+def _task(cfg) -> None:
+    """The task Hydra runs with the config composed from ``predict.yaml`` and the overrides."""
+    status = run(cfg)
+    if status:
+        sys.exit(status)  # Hydra drops what the task returns
+
+
+def main(config_path: str | None = None) -> int:
+    """``tumorseg-predict ckpt_path=CKPT input=PATH output_dir=DIR``: segment scans (with the shipped
+    model when ``ckpt_path`` is not given) on the installed configs, or on the config folder
+    ``config_path``. Exit status: 0 every case segmented, 1 some case failed or was skipped, 2 nothing
+    could start: a mistake, explained in one message (``HYDRA_FULL_ERROR=1`` adds the traceback)."""
+    register_resolvers()
+    return hydra_command(_task, config_name="predict", config_path=config_path)

@@ -34,6 +34,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from tumorseg.checkpoints import checkpoint_summary, load_checkpoint, resolve_checkpoint
 from tumorseg.data.cache import PreprocessConfig, preprocess, restore_geometry
 from tumorseg.data.layouts import Volume
 from tumorseg.export.runtime import ExportedNetwork, OnnxNetwork
@@ -41,7 +42,7 @@ from tumorseg.inference.schemes import probabilities, to_labels
 from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
 from tumorseg.labels import BRATS2023, MODALITIES, LabelSet, postprocess, region_probabilities, remove_small_pieces
 from tumorseg.predict.cases import InputCase, PredictionError, read_case
-from tumorseg.training.module import TEST_TIME_DEFAULTS, SegmentationModule, check_fraction
+from tumorseg.training.module import TEST_TIME_DEFAULTS, SegmentationModule, check_fraction, load_model
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +273,6 @@ class Predictor:
         with their own runtime whatever ``backend`` says, their hyper-parameters read from their metadata.
         """
         from tumorseg.export.runtime import is_export, load_exported
-        from tumorseg.predict.checkpoints import checkpoint_summary, load_checkpoint, load_model, resolve_checkpoint
 
         if backend not in BACKENDS:
             raise PredictionError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}.")

@@ -281,7 +281,7 @@ class TrainingThroughput(Callback):
     (loading, augmentation, forward, backward, optimizer), all ranks together, leaving out the
     first ``warmup_steps`` batches (compilation, cuDNN autotuning, queue filling) and validation;
     and ``time/elapsed_s`` at each validation: wall seconds since this process started fitting,
-    validation included, so scores can be drawn against time (``experiments/time_to_dice.py``)."""
+    validation included, so scores can be drawn against time (``experiments/quickstart/time_to_dice.py``)."""
 
     def __init__(self, warmup_steps: int = 5):
         self.warmup_steps = warmup_steps

@@ -1,7 +1,7 @@
 """``init_from=``: a training that starts from another model's network weights (pre-training).
 
 The weights come from a checkpoint file, an https URL (downloaded once and cached,
-``tumorseg.predict.checkpoints``) or a registered model by name (``tumorseg.predict.pretrained``: a
+``tumorseg.checkpoints``) or a registered model by name (``tumorseg.checkpoints.registry``: a
 shipped file, or a model made on first use, trained first). Only the network's weights are taken:
 the optimizer, the schedule, the epoch and the step start afresh, and what the new run's
 checkpoints record besides the weights (preprocessing, test-time settings) is the new run's own.
@@ -22,7 +22,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from tumorseg.checkpoints import could_be_name, find_model, load_checkpoint, made_file, resolve_checkpoint, sha256_file
 from tumorseg.labels import MODALITIES
+from tumorseg.launch import conf_dir
 from tumorseg.models import MODELS
 
 log = logging.getLogger(__name__)
@@ -178,11 +180,8 @@ def recipe_hparams(model) -> dict:
     Raises:
         ValueError: the recipe does not compose.
     """
-    from tumorseg.predict.pretrained import train_script
-
-    conf_dir = train_script().parent / "conf"
     try:
-        cfg = _compose(conf_dir, list(model.recipe))
+        cfg = _compose(conf_dir(), list(model.recipe))
         network = OmegaConf.to_container(cfg.model.network, resolve=True)
         modalities = OmegaConf.select(cfg, "data.preprocess.modalities", default=None)
         return {
@@ -217,9 +216,6 @@ def load_initial_weights(module, spec: str, sha256: str | None = None) -> Initia
         ValueError: the checkpoint cannot be found, fetched, made or read, or holds another network
             (the message starts with ``init_from=<spec>``).
     """
-    from tumorseg.predict.checkpoints import current_hparams, load_checkpoint, resolve_checkpoint, sha256_file
-    from tumorseg.predict.pretrained import could_be_name, find_model, made_file
-
     option = f"init_from={spec}"
     run = dict(module.hparams)
     name = run["network"]["name"]
@@ -238,7 +234,7 @@ def load_initial_weights(module, spec: str, sha256: str | None = None) -> Initia
         ckpt = load_checkpoint(path)
     except (OSError, ValueError) as err:
         raise ValueError(f"{option}: {err}") from err
-    source = current_hparams(ckpt["hyper_parameters"])
+    source = ckpt["hyper_parameters"]
     try:
         check_same_network(source, run, f"{option} ({path})")
     except KeyError as err:

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanMetric
 
+from tumorseg.checkpoints import load_checkpoint
 from tumorseg.inference.schemes import check_scheme, out_channels, probabilities, to_labels
 from tumorseg.inference.sliding_window import InferenceConfig, sliding_window_logits
 from tumorseg.labels import BRATS2023, MODALITIES, label_set, postprocess, remove_small_pieces
@@ -377,3 +378,42 @@ class SegmentationModule(pl.LightningModule):
         self.nonfinite.update(checkpoint.get("nonfinite", {}))
         # a resumed run's weights descend from what its first run started from
         self.init_source = checkpoint.get("init_from")
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
+    """Rebuild the trained ``SegmentationModule`` of a checkpoint, in eval mode.
+
+    The network is built from the checkpoint's hyper-parameters and its weights are loaded
+    strictly, so a checkpoint of a different network version fails here rather than predicting
+    with partly random weights.
+
+    Args:
+        path: a local checkpoint file (``tumorseg.checkpoints.resolve_checkpoint`` finds URLs and names).
+        map_location: device of the returned model. Defaults to ``"cpu"``.
+
+    Raises:
+        ValueError: the file is not a tumorseg checkpoint, its hyper-parameters are not accepted
+            by this version, or its weights do not fit the network (missing, unexpected or
+            differently shaped parameters).
+    """
+    path = Path(path).expanduser()
+    ckpt = load_checkpoint(path)
+    try:
+        model = SegmentationModule(**ckpt["hyper_parameters"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path}: its hyper-parameters do not build a network with this tumorseg version: {err}"
+        ) from err
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as err:
+        # torch lists every missing/unexpected/misshaped key; keep it, it shows what changed
+        raise ValueError(
+            f"{path}: its weights do not fit the {ckpt['hyper_parameters']['network'].get('name')} network "
+            f"rebuilt from its hyper-parameters (written by a different version of the network?):\n{err}"
+        ) from err
+    model.on_load_checkpoint(ckpt)
+    return model.to(map_location).eval()
+
+
+# ------------------------------------------------------------------------------------ summary

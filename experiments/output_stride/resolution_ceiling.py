@@ -1,7 +1,7 @@
 """The Dice a network can reach at most when it predicts at 1/s of the input's resolution.
 
-    python experiments/resolution_ceiling.py data/synthetic/32x96x96x64-seed0-v2
-    python experiments/resolution_ceiling.py /data/BraTS2021_Training_Data --strides 1 2 4 8 --max-cases 50
+    python experiments/output_stride/resolution_ceiling.py data/synthetic/32x96x96x64-seed0-v2
+    python experiments/output_stride/resolution_ceiling.py /data/BraTS2021_Training_Data --strides 1 2 4 8 --max-cases 50
 
 For each case and region (WT, TC, ET) the reference mask is averaged over s x s x s blocks (the
 best a prediction at output stride s can know), upsampled back trilinearly and thresholded at
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from tumorseg.cli import positive_int
-from tumorseg.data.layouts import discover, load_case
+from tumorseg.data.layouts import discover
+from tumorseg.data.reading import load_case
 from tumorseg.labels import to_regions
 from tumorseg.training.metrics import dice_per_case
 

@@ -17,8 +17,9 @@ import pytest
 from filelock import FileLock
 from scipy import ndimage
 
-from tumorseg.data import synthetic
-from tumorseg.data.synthetic import DEFAULT_SHAPE, LOCK, MANIFEST, generate_dataset, make_phantom
+from tumorseg.phantoms import generator
+from tumorseg.phantoms.dataset import LOCK, MANIFEST, generate_dataset
+from tumorseg.phantoms.generator import DEFAULT_SHAPE, make_phantom
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SMALL = (48, 48, 32)
@@ -33,7 +34,7 @@ def nifti_bytes(out: Path) -> dict[str, bytes]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "tumorseg.data.synthetic", *args]
+    command = [sys.executable, "-m", "tumorseg.phantoms", *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -61,7 +62,7 @@ def test_layout_types_and_header(dataset):
             assert image.shape == SMALL
             assert image.get_data_dtype() == (np.uint8 if name == "seg" else np.int16)
             assert nib.aff2axcodes(image.affine) == ("L", "P", "S")
-            np.testing.assert_allclose(image.header.get_zooms(), synthetic.phantom_spacing(SMALL), rtol=1e-6)
+            np.testing.assert_allclose(image.header.get_zooms(), generator.phantom_spacing(SMALL), rtol=1e-6)
             assert image.header.get_xyzt_units()[0] == "mm"
             header = path.read_bytes()[:10]
             assert header[4:8] == b"\0\0\0\0", "gzip mtime must be 0"
@@ -90,8 +91,8 @@ def test_default_shape_geometry(full):
     assert 3 <= bottom <= 25
     # brainstem and cerebellum: the lowest centimetre is narrower than the cerebrum
     assert area[bottom : bottom + 10].max() < 0.7 * area.max()
-    assert nib.aff2axcodes(synthetic.brats_affine(DEFAULT_SHAPE)) == ("L", "P", "S")
-    np.testing.assert_allclose(np.abs(np.diag(synthetic.brats_affine((96, 96, 64)))[:3]), [2.5, 2.5, 155 / 64])
+    assert nib.aff2axcodes(generator.brats_affine(DEFAULT_SHAPE)) == ("L", "P", "S")
+    np.testing.assert_allclose(np.abs(np.diag(generator.brats_affine((96, 96, 64)))[:3]), [2.5, 2.5, 155 / 64])
 
 
 def test_ventricles_and_enhancing_healthy_structures(full):
@@ -113,29 +114,29 @@ def test_ventricles_and_enhancing_healthy_structures(full):
 
 
 def test_mass_effect_keeps_volume():
-    focus = synthetic._Focus(np.zeros(3, np.float32), radius=12.0, push=8.0)
+    focus = generator._Focus(np.zeros(3, np.float32), radius=12.0, push=8.0)
     r = np.array([1.0, 7.9, 8.5, 12.0, 20.0, 60.0])
     points = np.stack([r, np.zeros_like(r), np.zeros_like(r)]).reshape(3, -1, 1, 1)
-    r0 = np.linalg.norm(synthetic._displace(points, [focus]), axis=0).ravel()
+    r0 = np.linalg.norm(generator._displace(points, [focus]), axis=0).ravel()
     # tissue now at distance r came from r0 = (r^3 - a^3)^(1/3): the shell between them keeps its volume
     np.testing.assert_allclose(r0, np.cbrt(np.maximum(r**3 - 8.0**3, 0)), atol=1e-4)
     assert r[-1] - r0[-1] < 8.0**3 / (3 * 60.0**2) + 1e-3  # far away, the push fades as 1/r^2
 
 
-CORE = (synthetic.NCR, synthetic.NET, synthetic.ET, synthetic.BLOOD)
+CORE = (generator.NCR, generator.NET, generator.ET, generator.BLOOD)
 
 
 def test_edema_spreads_along_white_matter_and_spares_csf():
     shape = (64, 64, 64)
-    frame = synthetic._Frame.centred(shape, (1.5, 1.5, 1.5))
+    frame = generator._Frame.centred(shape, (1.5, 1.5, 1.5))
     x = np.broadcast_to(frame.axes[0], shape)
     maps = {"brain": np.ones(shape, np.float32), "wm": (x < 0).astype(np.float32), "csf": np.zeros(shape, np.float32)}
     maps["csf"][:, :, :6] = 1  # a CSF slab the edema must not enter
     reach = {"wm": [], "gm": []}
     for seed in range(4):
-        focus = synthetic._Focus(np.zeros(3, np.float32), radius=8.0, push=4.0)
-        classes, _ = synthetic._paint_tumours(np.random.default_rng(seed), frame, [focus], maps)
-        edema = classes == synthetic.ED
+        focus = generator._Focus(np.zeros(3, np.float32), radius=8.0, push=4.0)
+        classes, _ = generator._paint_tumours(np.random.default_rng(seed), frame, [focus], maps)
+        edema = classes == generator.ED
         assert edema.any() and not edema[:, :, :6].any()
         from_core = ndimage.distance_transform_edt(~np.isin(classes, CORE), sampling=frame.spacing)
         reach["wm"].append(from_core[edema & (x < 0)].max())
@@ -290,7 +291,7 @@ def test_killed_run_is_repaired(dataset, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         replace(src, dst)
 
-    monkeypatch.setattr(synthetic.os, "replace", crash_on_third_rename)
+    monkeypatch.setattr(os, "replace", crash_on_third_rename)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(out, cases=2, seed=7, shape=SMALL, progress=False)
     monkeypatch.undo()

@@ -1,63 +1,39 @@
-"""Find, download, check and load trained checkpoints.
+"""The local file of a checkpoint named by a path, a URL or a registered model's name.
 
-A checkpoint is named by a local path, an ``https://`` URL (``http://`` only with
-``allow_http=True``), or the name of a registered model (``tumorseg.predict.pretrained``). URLs are
-downloaded once into ``<cache>/checkpoints/`` (``<cache>`` is ``tumorseg.io.cache_root()``:
+URLs are downloaded once into ``<cache>/checkpoints/`` (``<cache>`` is ``tumorseg.io.cache_root()``:
 ``$TUMORSEG_CACHE``, ``$XDG_CACHE_HOME/tumorseg`` or ``~/.cache/tumorseg``, as for the preprocessing
 cache), verified, and reused from there without any network access. A download cut short is kept
 as ``<name>.part`` and continued by the next call where the server allows it (an HTTP range
 request). Without a SHA-256 to check against, a loud warning prints the file's digest to pin.
-Checkpoints are read with ``torch.load(weights_only=True)``: the module's hyper-parameters are plain
-data, so no pickled code runs when loading a file from the internet.
-
-Example:
-    >>> path = resolve_checkpoint("https://example.org/arunet3d.ckpt", sha256="9f86d0...")
-    >>> model = load_model(path)
-    >>> print(checkpoint_summary(load_checkpoint(path)))
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import hashlib
 import http.client
 import logging
-import math
 import os
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 import zipfile
 from pathlib import Path
 
-import torch
 from filelock import FileLock, Timeout
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from tumorseg.checkpoints.files import CHUNK, normalise_digest, sha256_file
+from tumorseg.checkpoints.making import model_file
+from tumorseg.checkpoints.registry import could_be_name, find_model, registered_models
 from tumorseg.io import atomic_path, cache_root
-from tumorseg.labels import MODALITIES
-from tumorseg.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CheckpointDownloadError",
-    "checkpoint_summary",
-    "current_hparams",
-    "default_checkpoint_dir",
-    "load_checkpoint",
-    "load_model",
-    "resolve_checkpoint",
-    "sha256_file",
-]
-
 DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a download is abandoned
 MAX_DOWNLOAD_BYTES = 4 << 30  # the largest checkpoint downloaded; the paper presets' are far smaller
-_CHUNK = 1 << 20  # bytes read at a time when hashing or downloading
 
 
 class CheckpointDownloadError(OSError):
@@ -101,24 +77,6 @@ def _cache_name(url: str) -> str:
     return f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
 
 
-def sha256_file(path: str | Path) -> str:
-    """The SHA-256 of a file, as 64 lower-case hexadecimal digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _normalise_digest(sha256: str) -> str:
-    digest = sha256.strip().lower()
-    if digest.startswith("sha256:"):  # as printed by some registries
-        digest = digest[len("sha256:") :]
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ValueError(f"`sha256` must be 64 hexadecimal digits, got {sha256!r}.")
-    return digest
-
-
 def _warn_unpinned(url: str, path: Path, digest: str) -> None:
     log.warning(
         "The checkpoint %s (%s) is NOT VERIFIED: no SHA-256 was given to check it against. If you trust "
@@ -137,7 +95,7 @@ def resolve_checkpoint(
     max_bytes: int = MAX_DOWNLOAD_BYTES,
 ) -> Path:
     """The local file of a checkpoint, downloading it first when ``spec`` is a URL, or the file of the
-    registered model that ``spec`` names (``tumorseg.predict.pretrained``: a shipped file, verified, or a
+    registered model that ``spec`` names (``tumorseg.checkpoints.registry``: a shipped file, verified, or a
     model made on first use) when no file of that name exists.
 
     A URL is downloaded once into ``<cache>/checkpoints/<hash>-<file name>`` (the hash of the URL
@@ -169,29 +127,9 @@ def resolve_checkpoint(
         CheckpointDownloadError: the URL could not be fetched (HTTP status, refused connection,
             timeout, download cut off, larger than ``max_bytes``, redirected to plain http).
     """
-    expected = _normalise_digest(sha256) if sha256 is not None else None
+    expected = normalise_digest(sha256) if sha256 is not None else None
     if not _is_url(spec):
-        path = Path(spec).expanduser()
-        from tumorseg.predict.pretrained import could_be_name, find_model, model_file, registered_models
-
-        if could_be_name(spec):
-            model = find_model(spec)
-            if model is not None:
-                path = model_file(model)  # verified; a recipe's made first
-        if not path.is_file():
-            what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
-            if could_be_name(spec):
-                names = ", ".join(m.name for m in registered_models())
-                what += f", and no registered model has that name ({names or 'none is registered'})"
-            raise FileNotFoundError(f"Checkpoint {str(path)!r} {what}.")
-        if expected is not None:
-            actual = sha256_file(path)
-            if actual != expected:
-                # the user's own file: reported, never deleted
-                raise ValueError(
-                    f"Checkpoint {path} does not have the expected SHA-256:\n  expected {expected}\n  actual   {actual}"
-                )
-        return path
+        return _local_checkpoint(spec, expected)
 
     url = str(spec)
     _check_scheme(url, allow_http)
@@ -217,6 +155,29 @@ def resolve_checkpoint(
     with contextlib.suppress(OSError):
         Path(lock.lock_file).unlink()
     return target
+
+
+def _local_checkpoint(spec: str | Path, expected: str | None) -> Path:
+    """A local file, or the file of the registered model that ``spec`` names, verified if ``expected``."""
+    path = Path(spec).expanduser()
+    if could_be_name(spec):
+        model = find_model(spec)
+        if model is not None:
+            path = model_file(model)  # verified; a recipe's made first
+    if not path.is_file():
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+        if could_be_name(spec):
+            names = ", ".join(m.name for m in registered_models())
+            what += f", and no registered model has that name ({names or 'none is registered'})"
+        raise FileNotFoundError(f"Checkpoint {str(path)!r} {what}.")
+    if expected is not None:
+        actual = sha256_file(path)
+        if actual != expected:
+            # the user's own file: reported, never deleted
+            raise ValueError(
+                f"Checkpoint {path} does not have the expected SHA-256:\n  expected {expected}\n  actual   {actual}"
+            )
+    return path
 
 
 def _cached(url: str, target: Path, expected: str | None) -> Path:
@@ -383,7 +344,7 @@ def _download(url: str, part: Path, *, progress: bool, allow_http: bool, max_byt
                 Progress(*columns, console=Console(stderr=True), disable=not progress) as bar,
             ):
                 task = bar.add_task(f"Downloading {part.name.removesuffix('.part')}", total=total, completed=received)
-                while chunk := response.read(_CHUNK):
+                while chunk := response.read(CHUNK):
                     received += len(chunk)
                     if received > max_bytes:
                         file.close()
@@ -418,171 +379,3 @@ def _kept(part: Path) -> str:
         return f" The {offset} bytes received are kept in {part}; run again to continue the download."
     _discard(part)
     return " Nothing was cached; try again."
-
-
-# ------------------------------------------------------------------------------------ loading
-
-
-def _not_readable(path: Path, err: BaseException) -> ValueError:
-    return ValueError(
-        f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(err).__name__}: "
-        f"{str(err).strip() or 'no details'}. Delete it and download or copy it again; if it was written "
-        f"while training, use an earlier checkpoint (e.g. last.ckpt) instead."
-    )
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a tumorseg training checkpoint on the CPU, without unpickling any code.
-
-    Args:
-        path: a local checkpoint file (see ``resolve_checkpoint`` for URLs).
-
-    Returns:
-        The checkpoint dict (``state_dict``, ``hyper_parameters``, ``epoch``, ...).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a readable PyTorch checkpoint (truncated, corrupt), or not a
-            tumorseg training checkpoint (no ``state_dict``, or no ``hyper_parameters`` with a
-            ``network``).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    try:
-        with warnings.catch_warnings():
-            # torch warns about odd pickle protocols of garbage files before failing; the error says more
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        message = str(err)
-        # a complete zip archive that the safe unpickler refuses holds pickled objects: readable,
-        # but not written by tumorseg's training, whose checkpoints are plain data
-        if "Weights only load failed" in message and zipfile.is_zipfile(path):
-            detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", message)
-            raise ValueError(
-                f"{path} is not a tumorseg training checkpoint: it holds pickled objects that "
-                f"`torch.load(weights_only=True)` does not load for safety"
-                f"{f' ({detail.group(1).strip()})' if detail else ''}. tumorseg checkpoints hold plain data only."
-            ) from err
-        raise _not_readable(path, err) from err
-
-    problem = None
-    if not isinstance(ckpt, dict):
-        problem = f"it holds a {type(ckpt).__name__}, not a checkpoint dict"
-    elif "state_dict" not in ckpt:
-        bare = bool(ckpt) and all(isinstance(v, torch.Tensor) for v in ckpt.values())
-        problem = "it is a bare state dict, without hyper-parameters" if bare else "it has no `state_dict`"
-    elif not isinstance(ckpt.get("hyper_parameters"), dict) or not isinstance(
-        ckpt["hyper_parameters"].get("network"), dict
-    ):
-        problem = "it has no `hyper_parameters` with a `network`, so the network cannot be rebuilt"
-    if problem:
-        raise ValueError(
-            f"{path} is not a tumorseg training checkpoint: {problem}. Use a checkpoint written by "
-            f"tumorseg's training (the .ckpt files of the run's checkpoints folder)."
-        )
-    return ckpt
-
-
-def current_hparams(hparams: dict) -> dict:
-    """A checkpoint's hyper-parameters as this version's ``SegmentationModule`` takes them.
-
-    Checkpoints written before the test-time settings had a config group of their own
-    (``conf/inference``) recorded under ``inference`` only the validation window (from the model's
-    config), without ``et_min_voxels``; their ``mirror`` was validation's, and ``predict.py`` did
-    not mirror nor relabel unless told to. They keep predicting that way.
-    """
-    inference = dict(hparams.get("inference") or {})
-    if "et_min_voxels" in inference:
-        return hparams
-    inference.update(mirror=False, val_mirror=bool(inference.get("mirror", False)), et_min_voxels=0)
-    return {**hparams, "inference": inference}
-
-
-def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
-    """Rebuild the trained ``SegmentationModule`` of a checkpoint, in eval mode.
-
-    The network is built from the checkpoint's hyper-parameters and its weights are loaded
-    strictly, so a checkpoint of a different network version fails here rather than predicting
-    with partly random weights. Older checkpoints' test-time settings are read as ``current_hparams`` says.
-
-    Args:
-        path: a local checkpoint file (see ``resolve_checkpoint`` for URLs).
-        map_location: device of the returned model. Defaults to ``"cpu"``.
-
-    Raises:
-        ValueError: the file is not a tumorseg checkpoint, its hyper-parameters are not accepted
-            by this version, or its weights do not fit the network (missing, unexpected or
-            differently shaped parameters).
-    """
-    path = Path(path).expanduser()
-    ckpt = load_checkpoint(path)
-    try:
-        model = SegmentationModule(**current_hparams(ckpt["hyper_parameters"]))
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"{path}: its hyper-parameters do not build a network with this tumorseg version: {err}"
-        ) from err
-    try:
-        model.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as err:
-        # torch lists every missing/unexpected/misshaped key; keep it, it shows what changed
-        raise ValueError(
-            f"{path}: its weights do not fit the {ckpt['hyper_parameters']['network'].get('name')} network "
-            f"rebuilt from its hyper-parameters (written by a different version of the network?):\n{err}"
-        ) from err
-    model.on_load_checkpoint(ckpt)
-    return model.to(map_location).eval()
-
-
-# ------------------------------------------------------------------------------------ summary
-
-
-def _best_score(callbacks: dict) -> dict | None:
-    """The first ModelCheckpoint state with a best monitored score, as plain numbers."""
-    for key, state in callbacks.items():
-        if not str(key).startswith("ModelCheckpoint") or not isinstance(state, dict):
-            continue
-        score = state.get("best_model_score")
-        if state.get("monitor") is None or score is None:
-            continue
-        score = float(score)
-        if not math.isfinite(score):
-            continue
-        mode = None
-        try:  # the key is "ModelCheckpoint{'monitor': ..., 'mode': 'max', ...}"
-            mode = ast.literal_eval(str(key)[len("ModelCheckpoint") :]).get("mode")
-        except (ValueError, SyntaxError, AttributeError):
-            pass
-        return {"monitor": state["monitor"], "score": score, "mode": mode, "path": state.get("best_model_path") or None}
-    return None
-
-
-def checkpoint_summary(ckpt: dict) -> dict:
-    """What a checkpoint holds, as plain values for printing.
-
-    Args:
-        ckpt: a checkpoint dict from ``load_checkpoint``.
-
-    Returns:
-        ``network`` (name), ``preset``, ``overrides`` (the other network arguments), ``labels``
-        (scheme), ``modalities``, ``epoch``, ``global_step``, ``best`` (``{"monitor", "score",
-        "mode", "path"}`` from the ModelCheckpoint callback, or None when it holds no score) and
-        ``lightning_version``.
-    """
-    hp = ckpt.get("hyper_parameters") or {}
-    network = dict(hp.get("network") or {})
-    name = network.pop("name", None)
-    preset = network.pop("preset", "light")  # SegmentationModule's default
-    return {
-        "network": name,
-        "preset": preset,
-        "overrides": network,
-        "labels": hp.get("labels", "regions"),
-        "modalities": list(hp.get("modalities", MODALITIES)),
-        "epoch": ckpt.get("epoch"),
-        "global_step": ckpt.get("global_step"),
-        "best": _best_score(ckpt.get("callbacks") or {}),
-        "lightning_version": ckpt.get("pytorch-lightning_version"),
-    }

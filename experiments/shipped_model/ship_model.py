@@ -1,12 +1,12 @@
 """Package a trained checkpoint of any network as a model shipped with tumorseg.
 
-    python experiments/ship_model.py RUN_DIR/checkpoints/best.ckpt --name phantom-arunet3d-v2 [--metrics real/metrics.json]
-    python experiments/ship_model.py $TUMORSEG_CACHE/pretrained/phantom-pspnet3d-v2/run/checkpoints/best.ckpt \
+    python experiments/shipped_model/ship_model.py RUN_DIR/checkpoints/best.ckpt --name phantom-arunet3d-v2 [--metrics real/metrics.json]
+    python experiments/shipped_model/ship_model.py $TUMORSEG_CACHE/pretrained/phantom-pspnet3d-v2/run/checkpoints/best.ckpt \
         --name phantom-pspnet3d-v2 --keep-default
 
 Keeps what prediction and init_from need (the weights and the hyper-parameters: network, label
 scheme, preprocessing, test-time settings) and drops the optimizer and scheduler states, which are
-two thirds of a training checkpoint (``tumorseg.predict.pretrained.slim_checkpoint``); writes
+two thirds of a training checkpoint (``tumorseg.checkpoints.slim_checkpoint``); writes
 ``src/tumorseg/weights/<name>.ckpt`` and puts its entry (size, SHA-256, network, training data,
 notice) first in ``src/tumorseg/weights/pretrained.json``, which makes it the default of
 ``predict.py``, or with ``--keep-default`` where the entry of that name was (a recipe made on first
@@ -14,7 +14,7 @@ use becomes a shipped file) or last. The training data is described from the run
 ``config.yaml`` (phantoms) or ``split.json`` (real cases: how many, of which BraTS edition, which
 grades); ``--metrics`` (a ``experiments/real_exam.py`` output) adds what it scored on a real exam.
 
-    python experiments/ship_model.py outputs/ship/brats18-arunet3d-all/runs/<run>/checkpoints/last.ckpt \
+    python experiments/shipped_model/ship_model.py outputs/ship/brats18-arunet3d-all/runs/<run>/checkpoints/last.ckpt \
         --name brats18-arunet3d-v1 --metrics outputs/real_exam/brats18-arunet3d-all/metrics.json
 """
 
@@ -27,15 +27,13 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from tumorseg.checkpoints import sha256_file, slim_checkpoint
+from tumorseg.cli import add_debug_option, run_command
+from tumorseg.io import write_atomic
+from tumorseg.phantoms import PHANTOM_VERSION
+from tumorseg.training.module import SegmentationModule
 
-from tumorseg.cli import add_debug_option, run_command  # noqa: E402
-from tumorseg.data.synthetic import PHANTOM_VERSION  # noqa: E402
-from tumorseg.io import write_atomic  # noqa: E402
-from tumorseg.predict.checkpoints import sha256_file  # noqa: E402
-from tumorseg.predict.pretrained import slim_checkpoint  # noqa: E402
-from tumorseg.training.module import SegmentationModule  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 WEIGHTS = ROOT / "src" / "tumorseg" / "weights"
 NOTICE = (

@@ -1,9 +1,9 @@
 """Time to Dice: how long each network takes to learn the quick start, and how much the result
 moves with the seed.
 
-    python experiments/time_to_dice.py                                  # 3 networks x 3 seeds, the quick start
-    python experiments/time_to_dice.py --models pspnet3d --seeds 1234 --thresholds 0.5 0.8 0.85 0.9
-    python experiments/time_to_dice.py -- trainer.max_epochs=20         # Hydra overrides after --
+    python experiments/quickstart/time_to_dice.py                                  # 3 networks x 3 seeds, the quick start
+    python experiments/quickstart/time_to_dice.py --models pspnet3d --seeds 1234 --thresholds 0.5 0.8 0.85 0.9
+    python experiments/quickstart/time_to_dice.py -- trainer.max_epochs=20         # Hydra overrides after --
 
 Each run is ``python train.py model=<net> seed=<seed>`` (plus the overrides), trained one after
 another in this process on the same phantoms. Printed and written to ``--out``:
@@ -23,7 +23,6 @@ killed benchmark continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import statistics
@@ -34,8 +33,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from tumorseg.labels import REGIONS
+from tumorseg.runs.timing import first_reached, read_curve
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("arunet3d", "linknet3d", "pspnet3d")
 
 
@@ -55,27 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_curve(metrics_csv: Path) -> list[dict]:
-    """Validation rows of a run's CSV log: epoch, seconds, Dice per region and mean."""
-    rows = []
-    with open(metrics_csv) as f:
-        for row in csv.DictReader(f):
-            if row.get("val/dice_mean") and row.get("time/elapsed_s"):
-                entry = {"epoch": int(row["epoch"]), "seconds": float(row["time/elapsed_s"])}
-                entry["mean"] = float(row["val/dice_mean"])
-                entry.update({r: float(row[f"val/dice_{r}"]) for r in REGIONS})
-                rows.append(entry)
-    return rows
-
-
-def first_reached(curve: list[dict], threshold: float) -> float | None:
-    """Seconds at the first validation whose mean Dice is at least ``threshold`` (None: never)."""
-    return next((p["seconds"] for p in curve if p["mean"] >= threshold), None)
-
-
 def run_one(model: str, seed: int, out: Path, overrides: list[str], redo: bool = False) -> dict:
     from tumorseg.io import write_atomic
-    from tumorseg.training.train import register_resolvers, train
+    from tumorseg.launch import register_resolvers
+    from tumorseg.training.train import train
 
     register_resolvers()
     run_dir = out / "runs" / f"{model}-seed{seed}"

@@ -1,7 +1,7 @@
 """Phantoms beside real exams: the same slices of each modality and the label, one row per case.
 
-    python experiments/phantom_gallery.py [--real ../shared/data/real2020 ../shared/data/BraTS-GLI-00001-000]
-                                          [--cases 3] [--seed 0] [--out experiments/results/phantoms]
+    python experiments/phantoms/gallery.py [--real ../shared/data/real2020 ../shared/data/BraTS-GLI-00001-000]
+                                          [--cases 3] [--seed 0] [--out experiments/phantoms/results]
 
 Writes ``axial.png`` (the axial slice with the most tumour) and ``coronal.png`` (the coronal slice
 through the tumour's centre, which shows the cerebellum and brainstem) into ``--out``: first the
@@ -19,15 +19,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from tumorseg.cli import add_debug_option, run_command
+from tumorseg.data.layouts import discover
+from tumorseg.data.reading import load_case
+from tumorseg.labels import CLASS_COLOURS, MODALITIES, MODALITY_NAMES, to_internal
+from tumorseg.phantoms import make_phantom, phantom_spacing
+from tumorseg.plots.figures import save_figure
+from tumorseg.plots.views import overlay_rgba, window
 
-from tumorseg.cli import add_debug_option, run_command  # noqa: E402
-from tumorseg.data.layouts import discover, load_case  # noqa: E402
-from tumorseg.data.synthetic import make_phantom, phantom_spacing  # noqa: E402
-from tumorseg.labels import CLASS_COLOURS, MODALITIES, MODALITY_NAMES, to_internal  # noqa: E402
-from tumorseg.plots.figures import save_figure  # noqa: E402
-from tumorseg.plots.views import overlay_rgba, window  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_REAL = [ROOT.parent / "shared" / "data" / "real2020", ROOT.parent / "shared" / "data" / "BraTS-GLI-00001-000"]
 
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--real", type=Path, nargs="*", default=DEFAULT_REAL, help="real case folders or datasets")
     parser.add_argument("--cases", type=int, default=3, help="phantoms at 1 mm (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="phantom seed (default: 0)")
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "phantoms")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "phantoms" / "results")
     add_debug_option(parser)
     args = parser.parse_args(argv)
 

@@ -1,0 +1,1 @@
+"""tumorseg's Hydra configs, installed with the package as ``tumorseg.conf`` (``pkg://tumorseg.conf``)."""
