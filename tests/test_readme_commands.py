@@ -99,6 +99,9 @@ ALLOWLIST: dict[tuple[str, ...], str] = {
     ("python", "-m", "pytest"): "the test suite itself",
     # the linter: a development tool, not part of the package; CI and developers run it
     ("ruff",): "the linter",
+    # a user's own config folder, which the docs name but do not ship: tests/test_install.py composes
+    # and trains with one on the search path
+    ("python", "train.py", "hydra.searchpath=*"): "a user's config folder (tests/test_install.py)",
 }
 
 # Hydra plugins the README may select that need not be installed here: (group, option) -> the
