@@ -39,8 +39,11 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def training_rate(out: Path, network: str) -> float:
-    """The last end-to-end ``train/patches_per_s`` of the network's one-epoch run."""
+    """The last end-to-end ``train/patches_per_s`` of the network's one-epoch run: its CSV log in the
+    run directory, or the copy ``train_<net>.csv`` that a committed results folder keeps."""
     path = out / f"train_{network}" / "csv" / "metrics.csv"
+    if not path.is_file() and (out / f"train_{network}.csv").is_file():
+        path = out / f"train_{network}.csv"
     try:
         with path.open() as f:
             values = [float(r["train/patches_per_s"]) for r in csv.DictReader(f) if r.get("train/patches_per_s")]
