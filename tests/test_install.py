@@ -4,8 +4,8 @@ from another folder on the installed configs, with a user's own config folder on
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -36,20 +36,28 @@ def test_the_wheel_lists_every_package_and_the_configs():
         assert f"def {function}(" in (ROOT / "src" / Path(*module.split("."))).with_suffix(".py").read_text()
 
 
-def _build_isolation() -> list[str]:
-    """Build with this environment's setuptools when it is recent enough, else in pip's isolated one."""
-    if importlib.util.find_spec("setuptools") is None:
-        return []
-    import setuptools
-
-    return ["--no-build-isolation"] if int(setuptools.__version__.split(".")[0]) >= 68 else []
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[Path, Path]:
     """The wheel built from this checkout, and the folder it is installed into (``pip --target``)."""
+    pytest.importorskip("setuptools")  # built with this environment's, offline
     tmp = tmp_path_factory.mktemp("install")
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", *_build_isolation(), "-w", str(tmp), str(ROOT)]
+    source = tmp / "source"  # a copy, so that the build leaves nothing in the checkout
+    for folder in ("src", "conf"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(ROOT / name, source / name)
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp),
+        str(source),
+    ]
     done = subprocess.run(build, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = tmp.glob("tumorseg-*.whl")

@@ -72,13 +72,14 @@ def _override(key: str, value: str | Path) -> str:
 def make_model(model: PretrainedModel) -> Path:
     """The checkpoint of a recipe ``model``, trained first if nobody made it yet.
 
-    Runs the training (``python -m tumorseg.training <recipe>``, which ``train.py`` runs) in a subprocess, once, with its run directory at
-    ``<cache>/pretrained/<name>/run`` (data under ``<cache>/pretrained/data``), and keeps its best
-    checkpoint (else its last), slimmed (``slim_checkpoint``), as ``<name>.ckpt`` beside ``made.json``
-    (its SHA-256, recipe, source and time). A lock file in that folder makes concurrent callers (the
-    ranks and nodes of one launch, several jobs sharing the cache) wait for the one making it; a
-    making that was killed continues from its run's ``last.ckpt``. The subprocess runs on one device,
-    outside any distributed launch of its caller, its output on the caller's terminal.
+    Runs the training (``python -m tumorseg.training <recipe>``, which ``train.py`` runs) in a
+    subprocess, once, with its run directory at ``<cache>/pretrained/<name>/run`` (data under
+    ``<cache>/pretrained/data``), and keeps its best checkpoint (else its last), slimmed
+    (``slim_checkpoint``), as ``<name>.ckpt`` beside ``made.json`` (its SHA-256, recipe, source and
+    time). A lock file in that folder makes concurrent callers (the ranks and nodes of one launch,
+    several jobs sharing the cache) wait for the one making it; a making that was killed continues from
+    its run's ``last.ckpt``. The subprocess runs on one device, outside any distributed launch of its
+    caller, its output on the caller's terminal.
 
     Args:
         model: a registry entry with a recipe (a shipped file is returned verified).
