@@ -20,8 +20,18 @@ CONF = f"pkg://{CONF_PACKAGE}"  # Hydra's config_path of the installed configs
 
 
 def conf_dir() -> Path:
-    """The folder of the installed configs (``conf/`` of the checkout, in an editable install)."""
-    return Path(str(importlib.resources.files(CONF_PACKAGE)))
+    """The folder of the installed configs (``conf/`` of the checkout, in an editable install).
+
+    Raises:
+        ModuleNotFoundError: tumorseg runs from a source folder on ``PYTHONPATH``, not installed.
+    """
+    try:
+        return Path(str(importlib.resources.files(CONF_PACKAGE)))
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            f"tumorseg's configs ({CONF_PACKAGE}) are not installed: install tumorseg (`pip install -e .` in its "
+            "source folder), or run train.py and predict.py of the checkout, which read the conf/ beside them."
+        ) from err
 
 
 def run_id() -> str:

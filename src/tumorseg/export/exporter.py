@@ -56,7 +56,7 @@ __all__ = ["DEFAULT_TOLERANCE", "FORMATS", "ONNX_DYNAMIC", "Exported", "check_ou
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # format -> the file suffix it is written with
 # largest logit difference from PyTorch an export may have, as a fraction of the logits' largest
-# magnitude (at least 1): float32 carries 7 digits, and the shipped model's logits reach 63, where
+# magnitude (at least 1): float32 carries 7 digits, and phantom-arunet3d-v2's logits reach 63, where
 # PyTorch's own float32 result is 6e-5 from float64's and onnxruntime's 1e-4
 DEFAULT_TOLERANCE = 1e-4
 # whether a network's ONNX graph can take spatial sizes known only at run time (see the module docstring)

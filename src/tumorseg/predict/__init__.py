@@ -1,13 +1,14 @@
 """Segment new scans with one trained model or an ensemble, in the scans' own geometry.
 
 * ``cases``: the cases to segment (a dataset in any layout, or explicit modality files) and their reader;
-* ``checkpoints``: find, download, verify and load trained checkpoints;
-* ``pretrained``: the models shipped with the package (``tumorseg/weights/pretrained.json``), the
-  default of ``predict.py``, verified before they are loaded;
 * ``predictor``: the ``Predictor``, built from models or checkpoints, that turns a case into a
   label map on its source grid with the test-time settings recorded in each checkpoint;
 * ``writers``: label maps, probability maps, figures and ``summary.csv``, written atomically;
-* ``cli``: ``predict.py``'s ``run(cfg)``, which does all of the above for a folder of cases.
+* ``cli``: the command (``tumorseg-predict``, ``predict.py``): ``run(cfg)`` does all of the above for a
+  folder of cases.
+
+Checkpoints are found, downloaded and verified by ``tumorseg.checkpoints`` (the shipped model, the
+default of ``predict.py``, among them).
 """
 
 from tumorseg.labels import postprocess, region_probabilities
