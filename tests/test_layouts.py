@@ -31,10 +31,9 @@ from tumorseg.data.layouts import (
     CaseError,
     DatasetError,
     Problem,
-    check_case,
     discover,
-    load_case,
 )
+from tumorseg.data.reading import check_case, load_case
 from tumorseg.labels import MODALITIES
 
 

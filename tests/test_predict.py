@@ -388,26 +388,6 @@ def test_a_model_and_its_checkpoint_predict_alike(tmp_path):
     torch.testing.assert_close(got.probabilities, expected.probabilities, rtol=0, atol=0)
 
 
-def test_a_checkpoint_from_before_conf_inference_predicts_as_it_did(tmp_path):
-    """Its ``inference`` came from the model's config: the validation window, whose ``mirror`` was
-    validation's, and no ``et_min_voxels``; predict.py did not mirror nor relabel it by default."""
-    ckpt = stand_in(tmp_path / "m.ckpt", (10.0, 10.0, 10.0))
-    old = torch.load(ckpt, weights_only=True)
-    old["hyper_parameters"]["inference"] = {
-        "roi_size": 16, "overlap": 0.0, "sw_batch_size": 1, "mode": "constant", "mirror": True,
-    }  # fmt: skip
-    torch.save(old, ckpt)
-    model = load_model(ckpt)
-    assert model.inference_config.mirror  # validation as it trained
-    (config,) = build_predictor(predict_cfg(tmp_path, f"ckpt_path={ckpt}")).configs
-    assert (config.overlap, config.sw_batch_size, config.mode, config.mirror) == (0.0, 1, "constant", False)
-    data = tmp_path / "data"
-    (case_id,) = write_dataset(data, "brats2020", 1, shape=SHAPE)
-    out = tmp_path / "seg"
-    assert run(predict_cfg(tmp_path, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={out}", "evaluate=false")) == 0
-    assert set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj))) == {4}
-
-
 def test_an_ensemble_needs_one_et_threshold(tmp_path):
     a = stand_in(tmp_path / "a.ckpt", (10.0, 10.0, 10.0), et_min_voxels=0)
     b = stand_in(tmp_path / "b.ckpt", (10.0, 10.0, 10.0), et_min_voxels=500, mirror=True)

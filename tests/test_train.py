@@ -23,13 +23,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from train_helpers import CONF, ROOT, tiny_overrides
 
+from tumorseg.launch import register_resolvers
 from tumorseg.training.callbacks import AtomicCheckpointIO, git_state, package_versions
 from tumorseg.training.module import NonFiniteLossError, SegmentationModule, build_optimizer, schedule_factor
 from tumorseg.training.train import (
     build,
     checkpoint_to_resume,
     find_last_checkpoint,
-    register_resolvers,
     resolve_auto_sizes,
     resolve_precision,
     train,
