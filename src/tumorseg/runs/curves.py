@@ -330,6 +330,19 @@ def markdown_row(cells: Sequence[str]) -> str:
 # Figures
 
 
+def _finish_panel(ax, title: str, ylabel: str) -> None:
+    """Title, axes and legend of one panel of per-epoch curves; "not logged" where it has none."""
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.grid(True, alpha=0.3)
+    if ax.has_data():
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
+
+
 def comparison_figure(runs: Sequence[Run], out_path: str | Path, *, title: str | None = None) -> Path:
     """Validation Dice loss and validation mean Dice per epoch, one line per run."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -350,15 +363,7 @@ def comparison_figure(runs: Sequence[Run], out_path: str | Path, *, title: str |
                     color=f"C{index % 10}",
                     label=run.label,
                 )
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.grid(True, alpha=0.3)
-        if ax.has_data():
-            ax.legend()
-        else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
+        _finish_panel(ax, name, name)
     fig.suptitle(title or "Validation Dice loss and mean Dice per epoch")
     return save_figure(fig, out_path)
 
@@ -405,15 +410,7 @@ def paper_figure(run: Run, out_path: str | Path, *, title: str | None = None) ->
                 color=colours.get(label.split(" (")[0], "C1"),
                 label=label,
             )
-        ax.set_title(panel)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(panel.split(" (")[0])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-        ax.grid(True, alpha=0.3)
-        if ax.has_data():
-            ax.legend()
-        else:
-            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="0.5")
+        _finish_panel(ax, panel, panel.split(" (")[0])
     fig.suptitle(title or run.label)
     return save_figure(fig, out_path)
 
