@@ -1,64 +1,82 @@
-"""End-to-end tests of experiments/benchmark.py, run as a subprocess on tiny CPU inputs."""
+"""End-to-end tests of experiments/benchmark.py on tiny CPU inputs.
+
+Each command runs through the script's ``main(argv)`` in this process (its measurements still run
+in the fresh processes the benchmark spawns for them); a failing command's message is its exit code.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+
+from tumorseg.models import build_model
+from tumorseg.models.summary import forward_flops
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARK = REPO / "experiments" / "benchmark.py"
-# the subprocesses find tumorseg whether or not it is installed
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
-
-# Independent FLOP count: a convolution's backward costs twice its forward (input and weight
-# gradients), except for the first one, whose input needs no gradient.
-EXPECTED_FLOPS = """
-import json, sys
-from torch import nn
-from tumorseg.models import build_model
-from tumorseg.models.summary import forward_flops
-flops = {}
-for name, patch in json.loads(sys.argv[1]):
-    shape = (1, 4, patch, patch, patch)
-    model = build_model(name, "light")
-    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv3d))
-    flops[name] = 3 * forward_flops(model, shape) - forward_flops(first_conv, shape)
-print(json.dumps(flops))
-"""
 CASES = [("arunet3d", 16, None), ("linknet3d", 64, ["fp32"])]  # (model, patch, --modes); None: the defaults
 DEFAULT_MODES = ["fp32", "bf16", "bf16-cl"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def benchmark_module():
+    """experiments/benchmark.py imported in this process, as ``python experiments/benchmark.py`` runs it."""
+    spec = importlib.util.spec_from_file_location("benchmark_under_test", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
 
 
-def benchmark(tmp_path: Path, *args: str) -> list[dict]:
+def run(module, capsys, *args: str) -> str:
+    """What ``python experiments/benchmark.py ARGS`` prints; a failure raises its SystemExit."""
+    capsys.readouterr()
+    module.main([str(a) for a in args])
+    return capsys.readouterr().out
+
+
+def refused(module, *args: str) -> str:
+    """The message ``python experiments/benchmark.py ARGS`` exits with (on stderr, exit status 1)."""
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([str(a) for a in args])
+    assert isinstance(exit_info.value.code, str), exit_info.value.code
+    return exit_info.value.code
+
+
+def expected_step_flops(name: str, patch: int) -> int:
+    """Independent FLOP count: a convolution's backward costs twice its forward (input and weight
+    gradients), except for the first one, whose input needs no gradient."""
+    shape = (1, 4, patch, patch, patch)
+    model = build_model(name, "light")
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv3d))
+    return 3 * forward_flops(model, shape) - forward_flops(first_conv, shape)
+
+
+def benchmark(module, capsys, tmp_path: Path, *args: str) -> list[dict]:
     jsonl = tmp_path / "out" / "step.jsonl"
     tiny = "--device cpu --batch 1 --steps 2 --warmup 1".split()
-    result = run(str(BENCHMARK), "step", *tiny, "--jsonl", str(jsonl), *args)
-    assert result.returncode == 0, result.stderr
-    assert "ms/step" in result.stdout  # the table
+    out = run(module, capsys, "step", *tiny, "--jsonl", jsonl, *args)
+    assert "ms/step" in out  # the table
     return [json.loads(line) for line in jsonl.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def expected_step_flops() -> dict[str, int]:
-    result = run("-c", EXPECTED_FLOPS, json.dumps([(name, patch) for name, patch, _ in CASES]))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 @pytest.mark.parametrize(("name", "patch", "modes"), CASES)
-def test_step(tmp_path, expected_step_flops, name, patch, modes):
+def test_step(benchmark_module, capsys, tmp_path, name, patch, modes):
     mode_args = ["--modes", *modes] if modes else []
-    records = benchmark(tmp_path, "--model", name, "--preset", "light", "--patch", str(patch), *mode_args)
+    records = benchmark(
+        benchmark_module, capsys, tmp_path, "--model", name, "--preset", "light", "--patch", str(patch), *mode_args
+    )
+    flops = expected_step_flops(name, patch)
     assert [r["mode"] for r in records] == (modes or DEFAULT_MODES)
     for r in records:
         assert r["error"] is None
@@ -70,40 +88,36 @@ def test_step(tmp_path, expected_step_flops, name, patch, modes):
         # every rate is the step's work over its median time, the speed-up relative to fp32's
         assert r["patches_per_s"] == pytest.approx(1e3 / r["ms"])
         assert r["mvox_per_s"] == pytest.approx(r["patches_per_s"] * patch**3 / 1e6)
-        assert r["tflop_per_step"] * 1e12 == pytest.approx(expected_step_flops[name], rel=1e-9)
+        assert r["tflop_per_step"] * 1e12 == pytest.approx(flops, rel=1e-9)
         assert r["tflop_per_s"] == pytest.approx(r["tflop_per_step"] / (r["ms"] / 1e3))
         assert r["speedup_vs_fp32"] == pytest.approx(records[0]["ms"] / r["ms"])
         assert 0.05 < r["peak_mem_gib"] < 64  # on the CPU the process's peak RSS: torch itself, a few hundred MiB
     assert records[0]["speedup_vs_fp32"] == 1.0
 
-    report = run(str(BENCHMARK), "report", str(tmp_path / "out" / "step.jsonl"), "--peak-tflops", "1")
-    assert report.returncode == 0, report.stderr
-    assert name in report.stdout and "% of peak" in report.stdout
-    assert all(mode in report.stdout for mode in (modes or DEFAULT_MODES))
+    report = run(benchmark_module, capsys, "report", tmp_path / "out" / "step.jsonl", "--peak-tflops", "1")
+    assert name in report and "% of peak" in report
+    assert all(mode in report for mode in (modes or DEFAULT_MODES))
 
 
-def test_report_rejects_foreign_files(tmp_path):
+def test_report_rejects_foreign_files(benchmark_module, tmp_path):
     bad = tmp_path / "notes.jsonl"
     bad.write_text("{}\nnot json\n")
-    result = run(str(BENCHMARK), "report", str(bad))
-    assert result.returncode != 0 and "notes.jsonl, line 2 is not JSON" in result.stderr
+    assert "notes.jsonl, line 2 is not JSON" in refused(benchmark_module, "report", bad)
 
 
-def test_patch_too_small():
-    result = run(str(BENCHMARK), "step", "--model", "linknet3d", "--patch", "32", "--device", "cpu")
-    assert result.returncode != 0
-    assert "--patch" in result.stderr and "64" in result.stderr
+def test_patch_too_small(benchmark_module):
+    message = refused(benchmark_module, "step", "--model", "linknet3d", "--patch", "32", "--device", "cpu")
+    assert "--patch 32 is too small for linknet3d" in message and "--patch 64" in message
 
 
-def test_data(tmp_path):
+def test_data(benchmark_module, capsys, tmp_path):
     from tumorseg.phantoms import generate_dataset
 
     generate_dataset(tmp_path / "phantoms", 2, seed=1, shape=(48, 40, 32), progress=False)
     jsonl = tmp_path / "data.jsonl"
     args = f"--root {tmp_path / 'phantoms'} --work-dir {tmp_path / 'work'} --cases 2 --patch 16 --batch 2"
     args += " --samples-per-volume 2 --step-model arunet3d --step-preset light --step-mode fp32 --workers 2"
-    result = run(str(BENCHMARK), "data", *args.split(), "--device", "cpu", "--jsonl", str(jsonl))
-    assert result.returncode == 0, result.stderr
+    out = run(benchmark_module, capsys, "data", *args.split(), "--device", "cpu", "--jsonl", jsonl)
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     records = {(r["measure"], r.get("pipeline")): r for r in lines}
     assert len(records) == len(lines) == 8  # one record per measure and pipeline
@@ -126,18 +140,20 @@ def test_data(tmp_path):
     assert (memory["workers"], memory["queue_length"]) == (2, 24) and memory["patches_per_s"] > 0
     # the data bound: the queue's 24 patches (float16 image + uint8 label) and 2 cases per worker
     assert memory["data_bound_gib"] > 24 * (4 * 2 + 1) * 16**3 / 2**30
-    assert "speed-up of the cache over naive" in result.stdout
+    assert "speed-up of the cache over naive" in out
 
 
-def test_infer(tmp_path):
+def test_infer(benchmark_module, capsys, tmp_path):
     jsonl = tmp_path / "infer.jsonl"
     args = "--model arunet3d --preset light --shape 24 20 16 --roi 16 --overlap 0.5 --sw-batch 2 --repeats 1"
-    command = [sys.executable, str(BENCHMARK), "infer", *args.split(), "--device", "cpu", "--jsonl", str(jsonl)]
     # one thread: two OpenMP threads slow down tenfold when another process holds one of two cores
-    env = {**ENV, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "hann" in result.stdout and "s/case" in result.stdout  # the table
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = run(benchmark_module, capsys, "infer", *args.split(), "--device", "cpu", "--jsonl", jsonl)
+    finally:
+        torch.set_num_threads(threads)
+    assert "hann" in out and "s/case" in out  # the table
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["backend"] for r in records] == ["monai", "torchio"]
     monai, torchio = records
@@ -158,22 +174,7 @@ def test_infer(tmp_path):
     assert monai["time_ratio_vs_monai"] == 1.0
     assert torchio["time_ratio_vs_monai"] == pytest.approx(torchio["s"] / monai["s"])
     faster = "faster here by" if torchio["s"] >= monai["s"] else "slower here by"
-    assert f"predict.py uses MONAI's sliding window ({faster}" in result.stdout
-
-
-@pytest.fixture(scope="module")
-def benchmark_module():
-    """experiments/benchmark.py imported in this process: argument errors need no subprocess."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark_under_test", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
+    assert f"predict.py uses MONAI's sliding window ({faster}" in out
 
 
 @pytest.mark.parametrize(
@@ -182,13 +183,11 @@ def benchmark_module():
 )
 def test_infer_rejects_bad_windows(benchmark_module, args, message):
     base = "infer --model arunet3d --shape 40 36 32 --device cpu".split()
-    with pytest.raises(SystemExit) as exit_info:
-        benchmark_module.main([*base, *args.split()])  # fails before any measurement starts
-    assert message in str(exit_info.value.code)
+    assert message in refused(benchmark_module, *base, *args.split())  # before any measurement starts
 
 
 def test_export_rejects_a_missing_case(benchmark_module, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:  # before any checkpoint is made or exported
-        benchmark_module.main(["export", "--case", str(tmp_path / "absent"), "--out", str(tmp_path / "out")])
-    assert "absent: no such case folder" in str(exit_info.value.code)
+    # before any checkpoint is made or exported
+    message = refused(benchmark_module, "export", "--case", tmp_path / "absent", "--out", tmp_path / "out")
+    assert "absent: no such case folder" in message
     assert not (tmp_path / "out").exists()

@@ -511,7 +511,7 @@ def test_summary_without_a_best_score():
 # ------------------------------------------------------------------------------------ safe loading
 
 
-def test_resume_and_load_pass_weights_only(tmp_path, monkeypatch):
+def test_resume_and_load_pass_weights_only(tmp_path, data_dir, monkeypatch):
     """Resuming a training and loading a model read the checkpoint with weights_only=True, not
     relying on torch's default (True only from torch 2.6); the training checkpoint holds nothing
     that the safe unpickler refuses."""
@@ -521,7 +521,7 @@ def test_resume_and_load_pass_weights_only(tmp_path, monkeypatch):
 
     def config(run: str, epochs: int, *overrides: str):
         with initialize_config_dir(str(CONF), version_base="1.3"):
-            cfg = compose("train", overrides=[*tiny_overrides(tmp_path, tmp_path / "data", epochs=epochs), *overrides])
+            cfg = compose("train", overrides=[*tiny_overrides(tmp_path, data_dir, epochs=epochs), *overrides])
         cfg.paths.output_dir = str(tmp_path / run)
         return cfg
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import runpy
 import subprocess
@@ -43,29 +42,6 @@ def full(path) -> OSError:
 
 def file_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def hydra_script(monkeypatch, capsys):
-    """Runs ``python <script> ARGS`` in this process: returns its exit status and stderr."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-    def invoke(script: str, *args: str) -> tuple[int, str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", [script, *args])
-        with pytest.raises(SystemExit) as ended:
-            runpy.run_path(str(ROOT / script), run_name="__main__")
-        return ended.value.code, capsys.readouterr().err
-
-    yield invoke
-    for handler in root.handlers[:]:  # the job's logging, which Hydra configured
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------ the shared ending
@@ -133,7 +109,7 @@ def test_os_errors_name_the_file_and_what_to_do():
     ],
 )
 def test_config_mistakes_print_the_choices_and_the_fix(hydra_script, tmp_path, script, override, expected):
-    status, err = hydra_script(script, override, f"paths.root_dir={tmp_path}")
+    status, _, err = hydra_script(script, override, f"paths.root_dir={tmp_path}")
     assert status == EXIT_UNUSABLE
     assert expected in err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
@@ -141,7 +117,7 @@ def test_config_mistakes_print_the_choices_and_the_fix(hydra_script, tmp_path, s
 
 
 def test_an_unknown_top_level_key_lists_the_groups(hydra_script, tmp_path):
-    _, err = hydra_script("train.py", "trainr.max_epochs=3", f"paths.root_dir={tmp_path}")
+    _, _, err = hydra_script("train.py", "trainr.max_epochs=3", f"paths.root_dir={tmp_path}")
     first, second = err.strip().splitlines()
     assert first == "error: trainr: no such key (did you mean trainer.max_epochs=3?)"
     assert "config groups and keys: callbacks," in second and "model," in second and "optimizer," in second
@@ -149,7 +125,7 @@ def test_an_unknown_top_level_key_lists_the_groups(hydra_script, tmp_path):
 
 
 def test_missing_mandatory_values_say_what_to_give(hydra_script, tmp_path):
-    status, err = hydra_script("train.py", "data=brats", f"paths.root_dir={tmp_path}")
+    status, _, err = hydra_script("train.py", "data=brats", f"paths.root_dir={tmp_path}")
     assert status == EXIT_UNUSABLE
     assert err.strip().splitlines()[-1] == (
         "error: Missing mandatory value data.root: give it on the command line: data.root=/path/to/BraTS2021_Training_Data"
@@ -162,7 +138,7 @@ def test_predict_without_ckpt_path_and_no_shipped_model(hydra_script, monkeypatc
     registry.parent.mkdir()
     registry.write_text('{"models": []}')
     monkeypatch.setenv("TUMORSEG_PRETRAINED_REGISTRY", str(registry))
-    status, err = hydra_script("predict.py", f"input={tmp_path}", f"paths.root_dir={tmp_path}")
+    status, _, err = hydra_script("predict.py", f"input={tmp_path}", f"paths.root_dir={tmp_path}")
     assert status == EXIT_UNUSABLE
     assert "error: Give `ckpt_path=PATH` (or a URL, or a list [A,B,C] for an ensemble)." in err
 
@@ -176,7 +152,7 @@ def test_hydra_full_error_keeps_the_traceback(hydra_script, monkeypatch, tmp_pat
 
 
 def test_the_patch_too_small_message(hydra_script, tmp_path):
-    status, err = hydra_script(
+    status, _, err = hydra_script(
         "train.py", "model=linknet3d", "data.patch_size=32", f"paths.root_dir={tmp_path}",
         f"paths.data_dir={tmp_path / 'data'}",
     )  # fmt: skip
@@ -197,7 +173,7 @@ def test_the_resume_of_another_model_message(hydra_script, tmp_path):
     last = earlier / "checkpoints" / "last.ckpt"
     torch.save({"hyper_parameters": {"network": {"name": "arunet3d"}}}, last)
 
-    status, err = hydra_script("train.py", "model=pspnet3d", "resume=true", f"paths.root_dir={tmp_path}")
+    status, _, err = hydra_script("train.py", "model=pspnet3d", "resume=true", f"paths.root_dir={tmp_path}")
     assert status == EXIT_UNUSABLE
     assert err.strip().splitlines()[-1] == (
         f"error: resume found {last}, a arunet3d checkpoint, but model=pspnet3d; pass model=arunet3d, "

@@ -42,10 +42,9 @@ def tiny_run(tmp: Path, data_dir: Path, name: str, model: str, fold: int) -> Pat
 
 
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory) -> dict[str, Path]:
+def sweeps(tmp_path_factory, data_dir) -> dict[str, Path]:
     """Two multirun folders: 'a' (AR-UNet, folds 0 and 1) and 'b' (PSPNet, fold 0)."""
     tmp = tmp_path_factory.mktemp("runs")
-    data_dir = tmp / "data"
     a, b = tmp / "sweep_a", tmp / "sweep_b"
     a.mkdir(), b.mkdir()
     for fold in (0, 1):

@@ -8,8 +8,6 @@ two cores whatever the network's size, so tiny widths and one block per stage ke
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import torch
 from brats_fixtures import write_dataset
 from hydra import compose, initialize_config_dir
 from test_predict import predict_cfg, save_checkpoint
-from train_helpers import CONF, ROOT
+from train_helpers import CONF
 
 from tumorseg import __version__
 from tumorseg.checkpoints import sha256_file
@@ -262,20 +260,17 @@ def test_command_errors_write_nothing(exports, tmp_path, monkeypatch, capsys):
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
-def test_the_command_line(exports, tmp_path):
+def test_the_command_line(exports, tmp_path, hydra_script):
     """``python -m tumorseg.export`` ends a mistake with exit status 2 and one line saying what to do
     (the exports themselves ran through the same ``run`` in ``exports``)."""
     ckpt, _ = exports["arunet3d", "torchscript"]
     out = tmp_path / "kept.pt"
     out.write_bytes(b"keep me")
-    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "tumorseg.export", f"ckpt_path={ckpt}", "format=torchscript", f"out={out}",
-               f"paths.root_dir={tmp_path}"]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert f"error: out={out} exists and is kept; overwrite=true replaces it" in done.stderr
-    assert "Traceback" not in done.stderr and out.read_bytes() == b"keep me"
+    args = [f"ckpt_path={ckpt}", "format=torchscript", f"out={out}", f"paths.root_dir={tmp_path}"]
+    status, _, err = hydra_script("tumorseg.export", *args)
+    assert status == 2, err[-2000:]
+    assert f"error: out={out} exists and is kept; overwrite=true replaces it" in err
+    assert "Traceback" not in err and out.read_bytes() == b"keep me"
 
 
 def test_a_brats2024_model_exports_its_label_set(tmp_path):

@@ -71,11 +71,6 @@ def recipe_registry(folder: Path, data_dir: Path) -> Path:
     return registry
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
 def test_init_from_a_registered_name_takes_the_network_weights_only(tmp_path, data_dir, monkeypatch):
     source = source_checkpoint(tmp_path / "source.ckpt")
     registry = write_registry(tmp_path / "weights", source)  # NAME, a shipped file: a copy of source

@@ -91,7 +91,7 @@ def test_the_wheel_carries_configs_models_and_scripts(installed):
         assert f"{script} = " in entry_points
 
 
-def test_installed_outside_the_repository_it_trains_from_another_folder(installed, tmp_path):
+def test_installed_outside_the_repository_it_trains_from_another_folder(installed, tmp_path, data_dir):
     """``python -m tumorseg.training`` (what ``tumorseg-train`` runs) from a folder without
     ``conf/``: the installed configs compose, a user's experiment from ``hydra.searchpath`` applies,
     and a tiny training runs to its checkpoint."""
@@ -111,7 +111,7 @@ def test_installed_outside_the_repository_it_trains_from_another_folder(installe
 
     run_dir = work / "run"
     command = [
-        sys.executable, "-m", "tumorseg.training", *tiny_overrides(work, work / "data"),
+        sys.executable, "-m", "tumorseg.training", *tiny_overrides(work, data_dir),
         f"hydra.searchpath=[file://{work / 'my_conf'}]", "experiment=my_study", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=work, env=_env(target), capture_output=True, text=True, timeout=600)

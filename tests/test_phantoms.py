@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,9 +17,9 @@ from scipy import ndimage
 
 from tumorseg.phantoms import generator
 from tumorseg.phantoms.dataset import LOCK, MANIFEST, generate_dataset
+from tumorseg.phantoms.dataset import main as phantoms_main
 from tumorseg.phantoms.generator import DEFAULT_SHAPE, make_phantom
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 SMALL = (48, 48, 32)
 FILES = ("flair", "t1", "t1ce", "t2", "seg")
 MODALITIES = FILES[:4]
@@ -32,10 +30,11 @@ def nifti_bytes(out: Path) -> dict[str, bytes]:
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.nii.gz"))}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "tumorseg.phantoms", *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """``python -m tumorseg.phantoms ARGS`` in this process: its exit status and stderr."""
+    capsys.readouterr()
+    status = phantoms_main(list(args))
+    return status, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -242,10 +241,10 @@ def test_some_cases_have_tiny_or_no_enhancing_tumour():
     assert 1 <= low <= 14, ratios
 
 
-def test_cli_writes_cases_and_previews(tmp_path):
+def test_cli_writes_cases_and_previews(tmp_path, capsys):
     out = tmp_path / "data"
-    result = run_cli(str(out), "--cases", "2", "--seed", "3", "--shape", *map(str, SMALL), "--preview")
-    assert result.returncode == 0, result.stderr
+    status, err = run_cli(capsys, str(out), "--cases", "2", "--seed", "3", "--shape", *map(str, SMALL), "--preview")
+    assert status == 0, err
     expected = ["BraTS20_Training_001", "BraTS20_Training_002", MANIFEST, LOCK, "previews"]
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     assert len(list(out.glob("BraTS20_Training_00?/*.nii.gz"))) == 10
@@ -255,13 +254,13 @@ def test_cli_writes_cases_and_previews(tmp_path):
         assert matplotlib.image.imread(png).ndim == 3
 
 
-def test_cli_refuses_a_folder_with_other_files(tmp_path):
+def test_cli_refuses_a_folder_with_other_files(tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    result = run_cli(str(out), "--cases", "1", "--shape", *map(str, SMALL))
-    assert result.returncode != 0
-    assert "not empty" in result.stderr and "notes.txt" in result.stderr
+    status, err = run_cli(capsys, str(out), "--cases", "1", "--shape", *map(str, SMALL))
+    assert status != 0
+    assert "not empty" in err and "notes.txt" in err
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert (out / "notes.txt").read_text() == "keep me"
 

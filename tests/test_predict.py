@@ -300,27 +300,28 @@ def test_checkpoint_errors(tmp_path):
         run(predict_cfg(tmp_path, f"ckpt_path={tmp_path / 'm.ckpt'}", f"ckpt_sha256={'0' * 64}", f"input={data}"))
 
 
-def test_command_line_exit_status(tmp_path):
+def test_command_line_exit_status(tmp_path, hydra_script):
     data = tmp_path / "data"
     ids = write_dataset(data, "brats2023", 2, shape=SHAPE)
     ckpt = stand_in(tmp_path / "m.ckpt", (10.0, -10.0, -10.0))
-    args = [sys.executable, str(ROOT / "predict.py"), f"paths.root_dir={tmp_path}", "progress=false"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([*args, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={tmp_path / 'seg'}"],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "2 written, 0 kept, 0 skipped, 0 failed" in done.stdout
+    args = [f"paths.root_dir={tmp_path}", "progress=false", f"ckpt_path={ckpt}", f"input={data}"]
+    status, out, err = hydra_script("predict.py", *args, f"output_dir={tmp_path / 'seg'}")
+    assert status == 0, err[-2000:]
+    assert "2 written, 0 kept, 0 skipped, 0 failed" in out
 
     # a case without its T1ce is skipped: the others are segmented, and the exit status says so
     next((data / ids[1]).glob("*-t1c.nii.gz")).unlink()
-    done = subprocess.run([*args, f"ckpt_path={ckpt}", f"input={data}", f"output_dir={tmp_path / 'seg2'}"],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 1, done.stderr[-2000:]
-    assert "1 written, 0 kept, 1 skipped, 0 failed" in done.stdout
-    assert f"SKIPPED {ids[1]}: " in done.stdout and "Traceback" not in done.stderr
+    status, out, err = hydra_script("predict.py", *args, f"output_dir={tmp_path / 'seg2'}")
+    assert status == 1, err[-2000:]
+    assert "1 written, 0 kept, 1 skipped, 0 failed" in out
+    assert f"SKIPPED {ids[1]}: " in out and "Traceback" not in err
 
-    done = subprocess.run([*args, f"ckpt_path={tmp_path / 'missing.ckpt'}", f"input={data}"],
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    # the same endings from a real process: nothing can start
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    env.pop("HYDRA_FULL_ERROR", None)
+    command = [sys.executable, str(ROOT / "predict.py"), f"paths.root_dir={tmp_path}", "progress=false",
+               f"ckpt_path={tmp_path / 'missing.ckpt'}", f"input={data}"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "missing.ckpt" in done.stderr and "Traceback" not in done.stderr and "Error executing job" not in done.stderr
 

@@ -4,10 +4,7 @@ without ckpt_path, and every model the packaged registry lists (whole, and loada
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,7 +12,6 @@ import numpy as np
 import pytest
 from brats_fixtures import write_dataset
 from test_predict import SHAPE, predict_cfg, stand_in
-from train_helpers import ROOT
 
 from tumorseg.checkpoints import (
     NO_MODEL_HINT,
@@ -39,8 +35,6 @@ from tumorseg.training.module import load_model
 register_resolvers()
 NAME = "phantoms-test"
 NOTICE = "It learned from synthetic data only (phantoms) and is not for clinical use."
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-ENV.pop("HYDRA_FULL_ERROR", None)
 
 
 def write_registry(folder: Path, ckpt: Path | None, **changes) -> Path:
@@ -65,26 +59,30 @@ def edema_model(tmp_path) -> Path:
     return stand_in(tmp_path / "edema.ckpt", (10.0, -10.0, -10.0))  # WT only: edema wherever it looks
 
 
-def predict_command(tmp_path: Path, registry: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """``python predict.py OVERRIDES`` with ``registry`` as the registry of shipped models."""
-    args = [sys.executable, str(ROOT / "predict.py"), f"paths.root_dir={tmp_path}", "progress=false", *overrides]
-    return subprocess.run(
-        args, env={**ENV, REGISTRY_ENV: str(registry)}, capture_output=True, text=True, timeout=180
-    )  # fmt: skip
+@pytest.fixture
+def predict_command(tmp_path, monkeypatch, hydra_script):
+    """``python predict.py OVERRIDES`` with ``registry`` as the registry of shipped models: its exit
+    status, stdout and stderr."""
+
+    def invoke(registry: Path, *overrides: str) -> tuple[int, str, str]:
+        monkeypatch.setenv(REGISTRY_ENV, str(registry))
+        return hydra_script("predict.py", f"paths.root_dir={tmp_path}", "progress=false", *overrides)
+
+    return invoke
 
 
-def test_predict_without_ckpt_path_uses_the_shipped_model_and_says_so_once(tmp_path, edema_model):
+def test_predict_without_ckpt_path_uses_the_shipped_model_and_says_so_once(tmp_path, edema_model, predict_command):
     registry = write_registry(tmp_path / "weights", edema_model)
     data = tmp_path / "data"
     ids = write_dataset(data, "brats2020", 2, shape=SHAPE)
     out = tmp_path / "seg"
-    done = predict_command(tmp_path, registry, f"input={data}", f"output_dir={out}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 written, 0 kept, 0 skipped, 0 failed" in done.stdout
+    status, out_text, err = predict_command(registry, f"input={data}", f"output_dir={out}")
+    assert status == 0, err[-3000:]
+    assert "2 written, 0 kept, 0 skipped, 0 failed" in out_text
     (model,) = registered_models(registry)
     banner = f"Shipped model {NAME} (arunet3d, SHA-256 {model.sha256}): {NOTICE}"
-    assert done.stdout.count(NOTICE) == 1 and banner in done.stdout.splitlines()
-    assert NOTICE not in done.stderr
+    assert out_text.count(NOTICE) == 1 and banner in out_text.splitlines()
+    assert NOTICE not in err
     for case_id in ids:
         values = set(np.unique(np.asarray(nib.load(out / f"{case_id}.nii.gz").dataobj)).tolist())
         assert 2 in values and values <= {0, 2}  # the shipped model's edema
@@ -122,16 +120,16 @@ def test_a_digest_that_does_not_match_the_file_is_refused(tmp_path, edema_model,
         shipped_model()
 
 
-def test_no_shipped_model_ends_with_one_line_and_exit_status_2(tmp_path):
+def test_no_shipped_model_ends_with_one_line_and_exit_status_2(tmp_path, predict_command):
     registry = write_registry(tmp_path / "weights", None)
     data = tmp_path / "data"
     write_dataset(data, "brats2020", 1, shape=SHAPE)
-    done = predict_command(tmp_path, registry, f"input={data}", f"output_dir={tmp_path / 'seg'}")
-    assert done.returncode == 2, done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
+    status, _, err = predict_command(registry, f"input={data}", f"output_dir={tmp_path / 'seg'}")
+    assert status == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
     assert last == f"error: {NO_MODEL_HINT} This installation ships no model: {registry} lists none."
     assert "ckpt_path=PATH" in NO_MODEL_HINT
-    assert "Traceback" not in done.stderr and "Error executing job" not in done.stderr
+    assert "Traceback" not in err and "Error executing job" not in err
     assert not (tmp_path / "seg").exists()
 
 

@@ -57,11 +57,6 @@ def make_cfg(overrides: list[str], run_dir: Path, hydra_config: bool = False):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data")  # phantoms and cache, shared by this module's runs
-
-
 def run_script(args: list[str], env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     # this checkout's package, whichever tumorseg is installed
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]), **(env_extra or {})}
@@ -475,7 +470,7 @@ def test_ddp_cpu_two_processes_train_and_validate_like_one(tmp_path, data_dir):
     assert result["val/dice_mean"] == pytest.approx(ddp_dice, abs=1e-6)
 
 
-def test_optuna_sweep_of_two_trials(tmp_path, data_dir):
+def test_optuna_sweep_of_two_trials(tmp_path, data_dir, hydra_script):
     sweep_dir = tmp_path / "sweep"
     args = [
         "-m",
@@ -484,8 +479,8 @@ def test_optuna_sweep_of_two_trials(tmp_path, data_dir):
         f"hydra.sweep.dir={sweep_dir}",
         *tiny_overrides(tmp_path, data_dir, epochs=1, batches=2),
     ]
-    done = run_script(args)
-    assert done.returncode == 0, done.stderr[-3000:]
+    status, _, err = hydra_script("train.py", *args)
+    assert status == 0, err[-3000:]
     result = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert 0.0 <= result.best_value <= 1.0
     assert set(result.best_params) >= {"model.optimizer.lr", "data.foreground_share"}
@@ -495,7 +490,7 @@ def test_optuna_sweep_of_two_trials(tmp_path, data_dir):
     assert len(lrs) == 2 and all(1e-4 <= lr <= 3e-3 for lr in lrs)
 
 
-def test_sigkill_then_resume_reaches_the_planned_epochs(tmp_path, data_dir):
+def test_sigkill_then_resume_reaches_the_planned_epochs(tmp_path, data_dir, hydra_script):
     log_dir = tmp_path / "outputs"
     args = [
         *tiny_overrides(tmp_path, data_dir, epochs=3, batches=2),
@@ -520,8 +515,8 @@ def test_sigkill_then_resume_reaches_the_planned_epochs(tmp_path, data_dir):
     first_run = last.parent.parent
     assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 0
 
-    done = run_script([*args[:-2], "resume=true"])
-    assert done.returncode == 0, done.stderr[-3000:]
+    status, _, err = hydra_script("train.py", *args[:-2], "resume=true")  # the same command, resumed
+    assert status == 0, err[-3000:]
     runs = sorted((log_dir / "killed" / "runs").iterdir())
     assert len(runs) == 2 and first_run in runs
     second_run = next(r for r in runs if r != first_run)
