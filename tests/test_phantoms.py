@@ -265,6 +265,20 @@ def test_cli_refuses_a_folder_with_other_files(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_a_folder_written_under_the_generators_former_name_is_reused(dataset, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(dataset, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["generator"] = "tumorseg.data.synthetic"  # as written before the phantoms were a package
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    generate_dataset(old, cases=2, seed=7, shape=SMALL, progress=False)
+    assert nifti_bytes(old) == nifti_bytes(dataset)
+    manifest["generator"] = "someone.else"
+    (old / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FileExistsError, match="written by 'someone.else'"):
+        generate_dataset(old, cases=2, seed=7, shape=SMALL, progress=False)
+
+
 def test_refuses_other_settings_and_foreign_cases(dataset, tmp_path):
     with pytest.raises(FileExistsError, match="seed"):
         generate_dataset(dataset, cases=2, seed=8, shape=SMALL, progress=False)

@@ -62,6 +62,9 @@ __all__ = ["MANIFEST", "generate_dataset", "main"]
 
 MANIFEST = "synthetic.json"
 LOCK = ".synthetic.lock"  # held by the generator writing into a folder
+# The generator's name before it became its own package: the same phantoms (PHANTOM_VERSION says
+# when they change), so the folders it wrote are reused.
+FORMER_GENERATORS = ("tumorseg.data.synthetic",)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 GZIP_LEVEL = 1  # nibabel's default for .nii.gz: level 6+ is 2-3x slower for 2% smaller files
 # the phantoms' labels are BraTS 2020 values: each value gets the colour of its internal class
@@ -171,6 +174,8 @@ def _claim_output(out: Path, seed: int, shape: tuple[int, int, int], cases: int)
         try:
             manifest = json.loads(path.read_text())
             found = {key: manifest[key] for key in settings}
+            if found["generator"] in FORMER_GENERATORS:
+                found["generator"] = GENERATOR
             if found["generator"] != GENERATOR:
                 raise ValueError(f"written by {found['generator']!r}")
         except (ValueError, KeyError, TypeError) as err:
