@@ -7,6 +7,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from tumorseg.phantoms import anatomy
 from tumorseg.phantoms.anatomy import CHANNELS, FILES, TEMPLATE_ENV, TemplateError, load_template, template_folder
@@ -28,6 +29,23 @@ def test_derived_maps_are_consistent():
     coarse = load_template(2.5)
     assert coarse.maps.shape == template.maps.shape
     assert coarse.channel("gm").std() < gm.std()
+
+
+def test_distance_in_a_box_equals_scipys_on_the_whole_grid():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        blob = ndimage.gaussian_filter(rng.random((40, 50, 30)), 3) > 0.52
+        blob[:3] = blob[-3:] = False  # zero around the blob: exact everywhere
+        blob[:, :3] = blob[:, -3:] = blob[:, :, :2] = blob[:, :, -2:] = False
+        assert blob.any()
+        np.testing.assert_array_equal(
+            anatomy._distance_to_zero(blob, blob, margin=1), ndimage.distance_transform_edt(blob)
+        )
+        # distance to the blob: exact below the margin, at least the margin beyond
+        full = ndimage.distance_transform_edt(~blob)
+        boxed = anatomy._distance_to_zero(~blob, blob, margin=6)
+        np.testing.assert_array_equal(boxed[full < 6], full[full < 6])
+        assert np.all(boxed[full >= 6] >= 6)
 
 
 def test_a_template_folder_of_ones_own(tmp_path, monkeypatch):
